@@ -1,0 +1,174 @@
+"""`runner train`: validate, plan, then one session per host in parallel, results fetched back."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
+from runner.inventory import Inventory, load_inventory
+from runner.playbook import run_playbook
+from runner.progress import Progress
+from runner.spec import JobSpec, load_spec
+from runner.templates import accelerate_config
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class Staging:
+    paths: dict[str, str]  # what the host reads: a path relative to the session folder, a host path, an HF id
+    uploads: list[dict]  # controller files copied into the session folder
+
+
+def is_local(value: str, base: Path) -> Path | None:
+    """A controller path (relative to the job file) if `value` names one, else None (host path or HF id)."""
+    candidate = (base / value).expanduser() if not value.startswith("/") else Path(value)
+    if value.startswith(("./", "../", "~")) or candidate.exists():
+        return candidate.resolve()
+    return None
+
+
+def stage(spec: JobSpec, job_file: Path, inventory: Inventory) -> Staging:
+    """Decide what is uploaded: a local dataset file always; a local model folder too."""
+    base = job_file.resolve().parent
+    paths, uploads = {}, []
+    for what, kind in (("dataset", "file"), ("model", "dir")):
+        value = getattr(spec, what)
+        local = is_local(value, base)
+        if local is None:
+            paths[what] = value
+            continue
+        if not local.exists():
+            raise UsageError(f"{what} {value}: no such {kind} (looked in {local.parent}). Fix '{what}' "
+                             "in the job file; a path on the host must be absolute.")
+        dest = f"data/{local.name}" if what == "dataset" else "model"
+        uploads.append({"src": str(local) + ("/" if local.is_dir() else ""), "dest": dest})
+        paths[what] = dest
+    return Staging(paths, uploads)
+
+
+def new_session_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def probe_hosts(inventory: Inventory, hosts: list[str]) -> dict[str, dict]:
+    """GPU facts of each host, read through the probe playbook (changes nothing)."""
+    facts: dict[str, dict] = {}
+
+    def keep(event: dict) -> None:
+        data = event.get("event_data", {})
+        if event.get("event") == "runner_on_ok" and data.get("task") == "Read GPU facts and the host lock":
+            facts[data["host"]] = json.loads(data["res"]["stdout"])
+
+    run_playbook("probe", inventory, hosts, on_event=keep)
+    return facts
+
+
+def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: list[str]) -> None:
+    """The dry run's report: per host, its GPUs, the accelerate config, the power and inference plan."""
+    facts = probe_hosts(inventory, hosts)
+    out.print(f"Plan for {spec.model} on {len(hosts)} host(s); nothing was changed.", markup=False)
+    for host in hosts:
+        host_facts = facts.get(host, {})
+        gpus = host_facts.get("gpus", [])
+        out.print(f"\n[{host}]", markup=False)
+        if not gpus:
+            out.print(f"  GPUs: none ({host_facts.get('nvml', 'unknown')}); power and GPU-free steps skipped",
+                      markup=False)
+        for gpu in gpus:
+            target = spec.power.limit_for(gpu["uuid"])
+            plan = f"-> {target:g} W for the session" if target else "unchanged"
+            out.print(f"  GPU {gpu['index']} {gpu['name']} {gpu['uuid']}: limit {gpu['power_limit_w']:g} W "
+                      f"{plan} (allowed {gpu['power_min_w']:g}-{gpu['power_max_w']:g} W)", markup=False)
+        cfg = accelerate_config(gpus)
+        out.print(f"  accelerate: {cfg['distributed_type']}, {cfg['num_processes']} process(es), "
+                  f"mixed precision {cfg['mixed_precision']}", markup=False)
+        inf = spec.inference
+        action = (f"stop {inf.service}, wait for free GPUs, restart and health-check {inf.health_url}"
+                  if inf.managed else "none configured" if inf.service is None else f"{inf.service} left running")
+        out.print(f"  inference: {action}", markup=False)
+        if host_facts.get("lock_holder"):
+            out.print(f"  BUSY: session {host_facts['lock_holder'].get('session_id')} holds this host",
+                      markup=False)
+    uploads = ", ".join(u["src"] for u in staging.uploads) or "nothing"
+    out.print(f"\nuploads: {uploads}", markup=False)
+
+
+def load_results(run_dir: Path, hosts: list[str]) -> dict[str, dict]:
+    results = {}
+    for host in hosts:
+        status_file = run_dir / host / "status.json"
+        results[host] = json.loads(status_file.read_text()) if status_file.exists() else {}
+    return results
+
+
+def summarize(host: str, status: dict, host_dir: Path) -> None:
+    """The end of a session for one host: outcome, loss trend, speed, power, adapter path."""
+    summary = status.get("summary", {})
+    outcome = status.get("outcome", "unknown (no status came back)")
+    err.print(f"{host}: {outcome}" + (f" ({status['error']})" if status.get("error") else ""), markup=False)
+    losses = [loss for _, loss in status.get("losses", []) if loss is not None]
+    if losses:
+        out.print(f"{host}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {status.get('step')} steps"
+                  + (f", {summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else ""),
+                  markup=False)
+    for uuid, peak in (summary.get("gpu_peaks") or {}).items():
+        out.print(f"{host}: {uuid} max {peak['max_instant_w']:.0f} W instant (limit {peak['limit_w']:.0f} W), "
+                  f"max {peak['max_temperature_c']:.0f} C", markup=False)
+    restore = status.get("restore", {})
+    if restore and not restore.get("ok"):
+        err.print(f"{host}: RESTORE FAILED: power {restore.get('power')}; inference {restore.get('inference')}",
+                  style="bold red", markup=False)
+    if (host_dir / "adapter").exists():
+        out.print(f"{host}: adapter at {host_dir / 'adapter'}", markup=False)
+
+
+def exit_code(results: dict[str, dict]) -> int:
+    outcomes = [r.get("outcome") for r in results.values()]
+    restores_ok = all(r.get("restore", {}).get("ok", True) for r in results.values())
+    if outcomes and all(o == "succeeded" for o in outcomes) and restores_ok:
+        return EXIT_OK
+    if "refused" in outcomes and restores_ok and all(o in ("refused", "succeeded") for o in outcomes):
+        return EXIT_REFUSED
+    if "interrupted" in outcomes:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED
+
+
+def train(job_file: str, hosts: str | None, inventory_path: str | None, overrides: list[str],
+          dry_run: bool) -> int:
+    spec = load_spec(job_file, overrides)
+    inventory = load_inventory(inventory_path)
+    chosen = inventory.select(hosts)
+    staging = stage(spec, Path(job_file), inventory)
+    if dry_run:
+        print_plan(spec, staging, inventory, chosen)
+        return EXIT_OK
+    session_id = new_session_id()
+    run_dir = Path("runs").resolve() / session_id
+    err.print(f"session {session_id} on {', '.join(chosen)}", markup=False)
+    extravars = {
+        "train_session_id": session_id,
+        "train_session_job": {"spec": spec.model_dump(), "paths": staging.paths},
+        "train_session_uploads": staging.uploads,
+        "train_session_fetch_dir": f"{run_dir}/{{{{ inventory_hostname }}}}",
+        "train_session_fetch": spec.output.fetch,
+    }
+    with Progress(chosen) as progress:
+        run = run_playbook("train", inventory, chosen, extravars, on_event=progress.on_event,
+                           raise_on_failure=False)
+    results = load_results(run_dir, chosen)
+    for host in chosen:
+        if not results[host] and host in run.failures:
+            refused = run.failures[host].startswith("refused")
+            results[host] = {"outcome": "refused" if refused else "failed", "error": run.failures[host]}
+        summarize(host, results[host], run_dir / host)
+    out.print(f"run folder: {run_dir}", markup=False)
+    return exit_code(results)

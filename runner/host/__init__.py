@@ -1,0 +1,1 @@
+"""Runs ON the GPU host, inside the training venv: the session supervisor and its parts."""

@@ -1,0 +1,110 @@
+"""Host-side commands, run from the training venv by the playbooks.
+
+  python -m runner.host probe               GPU facts, lock holder and systemd presence as JSON
+  python -m runner.host session DIR         run a whole session (the supervisor)
+  python -m runner.host restore DIR         restore the host after DIR's session (idempotent)
+  python -m runner.host status DIR          the session's status.json, plus whether its supervisor lives
+  python -m runner.host pack DIR WHAT       tar the results (WHAT: adapter | all | none); prints the path
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from runner.host import inference, nvml
+from runner.host.lock import current_holder
+from runner.host.restore import restore
+from runner.host.status import Status
+from runner.host.supervisor import run_session
+
+
+def probe(training_root: Path) -> dict:
+    facts: dict = {"gpus": [], "nvml": "ok", "systemd": inference.has_systemd(),
+                   "lock_holder": current_holder(training_root / "session.lock")}
+    try:
+        with nvml.nvml():
+            facts["gpus"] = [g.as_dict() for g in nvml.list_gpus()]
+    except nvml.NvmlUnavailable as why:
+        facts["nvml"] = str(why)
+    return facts
+
+
+def restore_after(session_dir: Path) -> int:
+    """The stop hook's and the playbook's restore; also closes a session whose supervisor died."""
+    status = Status(session_dir)
+    pid = status.data.get("pid")
+    if status.data.get("outcome") == "running":
+        if pid and _alive(pid):
+            print(json.dumps({"skipped": "the session is still running; its supervisor restores"}))
+            return 0
+        status.update(outcome="interrupted", error="the supervisor ended before the session did")
+    ok = restore(session_dir, status)
+    print(json.dumps(status.data.get("restore", {})))
+    return 0 if ok else 1
+
+
+def session_status(session_dir: Path) -> dict:
+    status = Status(session_dir).data
+    pid = status.get("pid")
+    if status:
+        status["alive"] = bool(pid and _alive(pid))
+    else:  # not written yet: starting, unless the supervisor never got going
+        job = session_dir / "job.json"
+        status["alive"] = job.exists() and time.time() - job.stat().st_mtime < STARTUP_GRACE_S
+    return status
+
+
+STARTUP_GRACE_S = 120
+
+# What comes back to the controller; 'all' adds checkpoints and the rest of output/
+RESULT_FILES = ("status.json", "metrics.jsonl", "telemetry.jsonl", "train.log", "supervisor.log", "job.json")
+
+
+def pack(session_dir: Path, what: str) -> Path:
+    path = session_dir / "results.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name in RESULT_FILES:
+            if (session_dir / name).exists():
+                tar.add(session_dir / name, arcname=name)
+        if what == "adapter" and (session_dir / "output" / "adapter").exists():
+            tar.add(session_dir / "output" / "adapter", arcname="adapter")
+        elif what == "all" and (session_dir / "output").exists():
+            tar.add(session_dir / "output", arcname="output")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "probe":
+        print(json.dumps(probe(Path(argv[1]).expanduser())))
+        return 0
+    if len(argv) == 2 and argv[0] == "session":
+        return run_session(Path(argv[1]))
+    if len(argv) == 2 and argv[0] == "restore":
+        return restore_after(Path(argv[1]))
+    if len(argv) == 2 and argv[0] == "status":
+        print(json.dumps(session_status(Path(argv[1]))))
+        return 0
+    if len(argv) == 3 and argv[0] == "pack":
+        print(pack(Path(argv[1]), argv[2]))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

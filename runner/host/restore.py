@@ -1,0 +1,62 @@
+"""Restore a host after a session: standing power limits back, inference started and healthy.
+
+Idempotent and safe to run from every guard at once (the supervisor's finally, the unit's stop
+hook, the playbook's always): runs are serialised by a lock and each step only changes what
+is not yet restored. It undoes only what the session changed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from pathlib import Path
+
+from runner.host import inference, nvml, power
+from runner.host.status import Status, read_json
+
+
+def restore(session_dir: Path, status: Status | None = None) -> bool:
+    """Bring the host back; returns False (and records why in status.json) if any part failed."""
+    status = status or Status(session_dir)
+    spec = read_json(session_dir / "job.json").get("spec", {})
+    with (session_dir / ".restore.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another guard may be restoring right now: wait for it
+        status.data = read_json(status.path) or status.data
+        record: dict = {"started": time.time()}
+        problems = []
+        for name, step in (("power", restore_power), ("inference", restore_inference)):
+            try:
+                record[name] = step(session_dir, spec, status, record)
+            except (power.PowerError, inference.InferenceError, nvml.NvmlUnavailable, OSError) as err:
+                record[name] = f"FAILED: {err}"
+                problems.append(f"{name}: {err}")
+        record.update(ended=time.time(), ok=not problems)
+        status.update(restore=record)
+    return not problems
+
+
+def restore_power(session_dir: Path, _spec: dict, _status: Status, _record: dict) -> str:
+    before = read_json(session_dir / "power_before.json")
+    if not before:
+        return "unchanged: the session did not change power limits"
+    config = power.PowerConfig.load()
+    standing = {**before, **{u: w for u, w in config.standing_w.items() if u in before}}
+    if config.readonly:
+        return "skipped: read-back-only mode"
+    with nvml.nvml():
+        enforced = power.apply_profile(standing, readonly=False)
+    return "standing limits enforced: " + ", ".join(f"{u}: {w:g} W" for u, w in enforced.items())
+
+
+def restore_inference(_session_dir: Path, spec: dict, status: Status, record: dict) -> str:
+    inf = spec.get("inference") or {}
+    service = inf.get("service")
+    if not service or inf.get("mode") != "stop" or not status.data.get("inference_stopped_at"):
+        return "unchanged: the session did not stop inference"
+    if status.data.get("inference_was_active") is False:
+        return f"{service} was not running before the session; left stopped"
+    if not inference.is_active(service):
+        inference.start(service)
+    waited = inference.wait_healthy(inf["health_url"], inf.get("model_name"), inf.get("health_timeout_s", 300))
+    record["healthy_at"] = time.time()
+    return f"{service} healthy after {waited:.0f} s"

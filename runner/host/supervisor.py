@@ -1,0 +1,329 @@
+"""The session supervisor: preflight -> cap power -> stop inference -> wait GPUs free -> train -> restore.
+
+It runs on the GPU host (under systemd where there is one, so it outlives the controller) and
+owns the host for the session's life. Whatever happens after the lock is taken, the restore
+runs: standing power limits back, inference started and healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from runner.host import inference, launch, nvml, power, psu
+from runner.host.lock import HostBusy, HostLock
+from runner.host.restore import restore
+from runner.host.status import Status, read_json, write_json
+from runner.host.telemetry import Telemetry, WatchdogLimits
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130
+STOP_GRACE_S = 600  # how long a stopping trainer may take to checkpoint before it is terminated
+MIN_FREE_DISK_GIB = 1.0
+
+
+class Refusal(Exception):
+    """A preflight check said no; nothing on the host was changed by this session."""
+
+
+class StopRequested(Exception):
+    """A stop arrived before the trainer started."""
+
+
+def lock_path(session_dir: Path) -> Path:
+    return session_dir.parent.parent / "session.lock"  # ~/training/session.lock: one per host
+
+
+def token_from_file(session_dir: Path) -> str | None:
+    path = session_dir / "hf_token"
+    return path.read_text().strip() or None if path.exists() else None
+
+
+def resolve_path(value: str, session_dir: Path) -> str:
+    """Uploaded files are named relative to the session folder; host paths and HF ids pass through."""
+    staged = session_dir / value
+    return str(staged) if not value.startswith(("/", "~")) and staged.exists() else value
+
+
+class Session:
+    def __init__(self, session_dir: Path):
+        self.dir = session_dir
+        self.job = read_json(session_dir / "job.json")
+        self.job["paths"] = {k: resolve_path(v, session_dir) for k, v in self.job["paths"].items()}
+        self.spec = self.job["spec"]
+        self.status = Status(session_dir)
+        self.gpus: list[nvml.Gpu] = []
+        self.stop_reason: str | None = None
+        self.power_config = power.PowerConfig.load()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.status.update(session_id=self.job["session_id"], host=self.job.get("host", ""), pid=os.getpid(),
+                           outcome="running", started=time.time(), ended=None, phases=[])
+        try:
+            with HostLock(lock_path(self.dir), self.job["session_id"]):
+                self._handle_signals()
+                try:
+                    code = self._run_phases()
+                finally:
+                    restored = restore(self.dir, self.status)
+                    self._write_summary()
+                return code if restored else max(code, EXIT_FAILED)
+        except HostBusy as busy:
+            self._finish("refused", f"another session is running: {busy}")
+            return EXIT_REFUSED
+
+    def _run_phases(self) -> int:
+        try:
+            self._phase("preflight", self.preflight)
+            self._phase("power", self.cap_power)
+            self._phase("inference", self.stop_inference)
+            return self.train()
+        except Refusal as refusal:
+            self._finish("refused", str(refusal))
+            return EXIT_REFUSED
+        except StopRequested:
+            self._finish("interrupted", self.stop_reason or "stopped")
+            return EXIT_INTERRUPTED
+        except (power.PowerError, inference.InferenceError, nvml.NvmlUnavailable, OSError) as err:
+            self._finish("failed", str(err))
+            return EXIT_FAILED
+
+    def _phase(self, name: str, step) -> None:
+        if self.stop_reason:
+            raise StopRequested
+        self.status.begin(name)
+        try:
+            outcome, detail = step()
+        except Refusal as refusal:
+            self.status.end("refused", str(refusal))
+            raise
+        except Exception as err:
+            self.status.end("failed", str(err))
+            raise
+        self.status.end(outcome, detail)
+
+    def _finish(self, outcome: str, error: str | None = None) -> None:
+        self.status.update(outcome=outcome, ended=time.time(), **({"error": error} if error else {}))
+
+    def request_stop(self, reason: str) -> None:
+        """Ask for a graceful stop: the trainer checkpoints at its next step, then the restore runs."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.status.warn(f"stopping: {reason}")
+        (self.dir / "STOP").touch()
+
+    def _handle_signals(self) -> None:
+        def on_signal(signum, _frame):
+            self.request_stop(f"received {signal.Signals(signum).name}")
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, on_signal)
+
+    # -- phases --------------------------------------------------------------------------------
+
+    def preflight(self) -> tuple[str, str]:
+        """Refuse before any change: GPUs, power plan, PSU budget, dataset, disk, inference control."""
+        notes = []
+        try:
+            with nvml.nvml():
+                self.gpus = nvml.list_gpus()
+        except nvml.NvmlUnavailable as why:
+            notes.append(f"no GPU steps: {why}")
+        self._check_expected_gpus()
+        self._check_power_plan()
+        self._check_paths()
+        self._check_disk()
+        service = self.spec["inference"]["service"]
+        if service and self.spec["inference"]["mode"] == "stop":
+            if not inference.has_systemd():
+                raise Refusal(f"inference.service is '{service}' but this host has no systemd to stop it; "
+                              "set inference.mode: none")
+            self.status.update(inference_was_active=inference.is_active(service))
+        names = ", ".join(f"{g.name} ({g.uuid})" for g in self.gpus) or "none"
+        return "ok", "; ".join([f"GPUs: {names}", *notes])
+
+    def _check_expected_gpus(self) -> None:
+        expected = self.job.get("expected_gpus") or []
+        present = {g.uuid for g in self.gpus}
+        missing = [u for u in expected if u not in present]
+        if missing:
+            raise Refusal(f"GPU {', '.join(missing)} from the inventory is not on this host "
+                          f"(it has {', '.join(sorted(present)) or 'no GPUs'})")
+
+    def session_profile(self) -> dict[str, float]:
+        """Watts per GPU for the session: the job's limit, else the host's session profile."""
+        limit = self.spec["power"]["limit_w"]
+        if isinstance(limit, dict):
+            return dict(limit)
+        if limit is not None:
+            return {g.uuid: float(limit) for g in self.gpus}
+        return {u: w for u, w in self.power_config.session_w.items()}
+
+    def _check_power_plan(self) -> None:
+        profile = self.session_profile()
+        if not self.gpus:
+            return
+        try:
+            power.check_profile(profile, self.gpus)
+        except power.PowerError as err:
+            raise Refusal(f"power plan refused: {err}") from None
+        if self.power_config.psu_w:
+            limits = [(g.name, profile.get(g.uuid, g.power_limit_w)) for g in self.gpus]
+            plan = psu.budget(limits, self.power_config.psu_w, self.power_config.system_w,
+                              self.power_config.margin)
+            if not plan.fits:
+                raise Refusal(f"power plan does not fit the PSU: worst case {plan.total_w:.0f} W > "
+                              f"{plan.allowed_w:.0f} W allowed; lower power.limit_w ('runner power plan' "
+                              "suggests safe limits)")
+
+    def _check_paths(self) -> None:
+        for what in ("dataset", "model"):
+            value = self.job["paths"][what]
+            if value.startswith(("/", ".", "~")) and not Path(value).expanduser().exists():
+                raise Refusal(f"{what} {value} does not exist on this host; fix '{what}' in the job file")
+
+    def _check_disk(self) -> None:
+        free_gib = shutil.disk_usage(self.dir).free / 2**30
+        if free_gib < MIN_FREE_DISK_GIB:
+            raise Refusal(f"only {free_gib:.1f} GiB free under {self.dir} for checkpoints; "
+                          f"free at least {MIN_FREE_DISK_GIB:g} GiB")
+
+    def cap_power(self) -> tuple[str, str]:
+        if not self.gpus:
+            return "skipped", "no NVIDIA GPU on this host"
+        profile = self.session_profile()
+        if not profile:
+            return "skipped", "no session power profile (set power.limit_w or provision one)"
+        before = self.dir / "power_before.json"
+        if not before.exists():  # a resumed session keeps the limits found before the first try
+            write_json(before, {g.uuid: g.power_limit_w for g in self.gpus})
+        readonly = self.power_config.readonly
+        with nvml.nvml():
+            enforced = power.apply_profile(profile, readonly=readonly)
+        self.status.update(power_session_w=enforced)
+        shown = ", ".join(f"{u}: {w:g} W" for u, w in enforced.items())
+        if readonly:
+            return "skipped", f"read-back only (plan {profile}); enforced now: {shown}"
+        return "ok", f"enforced {shown}"
+
+    def stop_inference(self) -> tuple[str, str]:
+        inf = self.spec["inference"]
+        uuids = [g.uuid for g in self.gpus]
+        detail = []
+        if inf["service"] is None:
+            detail.append("no inference service configured")
+        elif inf["mode"] == "none":
+            detail.append(f"inference.mode is none: {inf['service']} left running")
+        else:
+            self.status.update(inference_stopped_at=time.time())
+            inference.stop(inf["service"])
+            detail.append(f"stopped {inf['service']}")
+        if uuids:
+            try:
+                with nvml.nvml():
+                    inference.wait_gpus_free(uuids, inf["free_timeout_s"])
+            except inference.InferenceError as err:
+                raise Refusal(str(err)) from None
+            detail.append("GPUs free")
+        outcome = "ok" if inf["service"] and inf["mode"] == "stop" else "skipped"
+        return outcome, "; ".join(detail)
+
+    def train(self) -> int:
+        self.status.begin("train")
+        telemetry = None
+        if self.gpus:
+            telemetry = Telemetry([g.uuid for g in self.gpus], self.dir / "telemetry.jsonl", WatchdogLimits(),
+                                  warn=self.status.warn, request_stop=self.request_stop)
+            telemetry.start()
+        try:
+            trainer = launch.start_trainer(self.job, self.dir, [g.name for g in self.gpus],
+                                           token_from_file(self.dir))
+            self.status.update(trainer_pid=trainer.pid)
+            rc = self._follow(trainer, telemetry)
+        finally:
+            if telemetry:
+                telemetry.stop()
+                self.status.update(gpu_peaks=telemetry.summary())
+        return self._train_outcome(rc)
+
+    def _follow(self, trainer: subprocess.Popen, telemetry: Telemetry | None) -> int:
+        """Mirror the trainer's metrics into status.json until it exits; escalate a stop that stalls."""
+        metrics = self.dir / "metrics.jsonl"
+        offset, stop_seen = 0, None
+        while True:
+            rc = trainer.poll()
+            offset = self._read_metrics(metrics, offset)
+            if telemetry is not None:
+                self.status.update(gpus=telemetry.latest)
+            if rc is not None:
+                return rc
+            if self.stop_reason and stop_seen is None:
+                stop_seen = time.monotonic()
+            if stop_seen and time.monotonic() - stop_seen > STOP_GRACE_S:
+                os.killpg(trainer.pid, signal.SIGTERM)
+                stop_seen = time.monotonic() + STOP_GRACE_S  # SIGKILL one grace period later
+            time.sleep(1)
+
+    def _read_metrics(self, path: Path, offset: int) -> int:
+        if not path.exists():
+            return offset
+        with path.open("r", encoding="utf-8") as f:
+            f.seek(offset)
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # a line still being written: read it next time
+                offset += len(line.encode())
+                self._take_metric(json.loads(line))
+        return offset
+
+    def _take_metric(self, record: dict) -> None:
+        event = record.get("event")
+        if event is None:
+            progress = {k: record[k] for k in ("step", "total_steps", "loss", "tokens_per_s") if k in record}
+            self.status.data.setdefault("losses", []).append([record.get("step"), record.get("loss")])
+            self.status.update(**progress)
+        elif event == "start":
+            self.status.update(total_steps=record.get("total_steps"), trainer=record)
+        elif event in ("done", "stopped", "checkpoint"):
+            self.status.update(**{f"trainer_{event}": record})
+
+    def _train_outcome(self, rc: int) -> int:
+        done = self.status.data.get("trainer_done")
+        if rc == 0 and done and not self.stop_reason:
+            self.status.end("ok", f"adapter at {done.get('adapter')}")
+            self._finish("succeeded")
+            return EXIT_OK
+        if self.stop_reason or self.status.data.get("trainer_stopped"):
+            self.status.end("interrupted", self.stop_reason or "trainer stopped")
+            self._finish("interrupted", self.stop_reason or "trainer stopped")
+            return EXIT_INTERRUPTED
+        self.status.end("failed", f"trainer exited with {rc}; see train.log")
+        self._finish("failed", f"trainer exited with code {rc}; the end of train.log says why")
+        return EXIT_FAILED
+
+    def _write_summary(self) -> None:
+        data = self.status.data
+        phases = {p["name"]: p for p in data.get("phases", [])}
+        train = phases.get("train") or {}
+        summary = {
+            "outcome": data.get("outcome"),
+            "duration_s": (data.get("ended") or time.time()) - data["started"],
+            "train_s": (train.get("ended") or 0) - (train.get("started") or 0) if train else 0,
+            "final_loss": data.get("loss"),
+            "tokens_per_s": data.get("tokens_per_s"),
+            "gpu_peaks": data.get("gpu_peaks", {}),
+        }
+        restore_info = data.get("restore", {})
+        if data.get("inference_stopped_at") and restore_info.get("healthy_at"):
+            summary["inference_downtime_s"] = restore_info["healthy_at"] - data["inference_stopped_at"]
+        self.status.update(summary=summary)
+
+
+def run_session(session_dir: Path) -> int:
+    return Session(session_dir).run()

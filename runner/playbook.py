@@ -1,0 +1,89 @@
+"""run_playbook(): the one caller of ansible_runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ansible_runner
+
+from runner.errors import RunnerError
+from runner.inventory import Inventory
+from runner.paths import REPO_ROOT, data_dir
+
+EventFn = Callable[[dict], None]
+interrupted = threading.Event()
+
+
+class PlaybookFailed(RunnerError):
+    def __init__(self, name: str, failures: dict[str, str], artifacts: Path):
+        self.failures = failures
+        detail = "; ".join(f"{host}: {msg}" for host, msg in failures.items()) or "see the log"
+        super().__init__(f"{name} failed on {', '.join(failures) or 'a host'}: {detail} "
+                         f"(full log: {artifacts})")
+
+
+@dataclass
+class Run:
+    status: str
+    stats: dict
+    artifacts: Path
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def changed(self, host: str | None = None) -> int:
+        counts = self.stats.get("changed", {})
+        return counts.get(host, 0) if host else sum(counts.values())
+
+
+def last_line(result) -> str:
+    """The last non-empty line ansible printed, for failures that have no host event."""
+    try:
+        lines = [line.strip() for line in result.stdout.read().splitlines() if line.strip()]
+    except (OSError, AttributeError):
+        return ""
+    return lines[-1] if lines else ""
+
+
+def new_run_dir(name: str) -> Path:
+    path = data_dir() / "ansible" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True)
+    return path
+
+
+def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: dict | None = None,
+                 on_event: EventFn | None = None, check: bool = False, raise_on_failure: bool = True) -> Run:
+    """Run playbooks/<name>.yml against `hosts`; failures become one-line PlaybookFailed errors."""
+    data = new_run_dir(name)
+    failures: dict[str, str] = {}
+
+    def handle(event: dict) -> bool:
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+            ev = event.get("event_data", {})
+            if not ev.get("ignore_errors"):
+                res = ev.get("res", {})
+                failures[ev.get("host", "?")] = str(res.get("msg") or res.get("stderr") or "failed").strip()
+        if on_event:
+            on_event(event)
+        return True
+
+    cmdline = "--check --diff" if check else None
+    bin_dir = os.path.dirname(sys.executable)  # ansible-playbook lives beside the interpreter running us
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    result = ansible_runner.run(
+        private_data_dir=str(data), project_dir=str(REPO_ROOT), playbook=str(REPO_ROOT / "playbooks" / f"{name}.yml"),
+        inventory=inventory.source, limit=",".join(hosts), extravars=extravars or {}, cmdline=cmdline,
+        event_handler=handle, cancel_callback=interrupted.is_set, quiet=True,
+        envvars={"ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg")})
+    if result.status != "successful" and not failures:
+        failures["controller"] = last_line(result) or f"ansible-playbook ended {result.status}"
+    run = Run(result.status, result.stats or {}, data, failures)
+    if raise_on_failure and result.status != "successful":
+        raise PlaybookFailed(name, failures, data)
+    return run

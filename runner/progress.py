@@ -1,0 +1,92 @@
+"""Turn ansible-runner events and host status files into progress lines, one per host.
+
+On a TTY the lines update in place; elsewhere a line is printed when a host's progress changes
+(at most every few seconds). Progress goes to stderr; results go to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+FOLLOW_TASK = "Follow the session"
+PRINT_EVERY_S = 5.0
+
+
+def progress_line(host: str, status: dict) -> str:
+    """'gpu1  train  step 12/30  loss 5.83  812 tok/s  GPU0 320 W 65 C' from a status.json."""
+    parts = [host, status.get("phase", "starting")]
+    if status.get("step") is not None:
+        parts.append(f"step {status['step']}/{status.get('total_steps', '?')}")
+    if status.get("loss") is not None:
+        parts.append(f"loss {status['loss']:.3f}")
+    if status.get("tokens_per_s"):
+        parts.append(f"{status['tokens_per_s']:,.0f} tok/s")
+    for i, gpu in enumerate(status.get("gpus") or []):
+        parts.append(f"GPU{i} {gpu.get('power_w', 0):.0f} W {gpu.get('temperature_c') or 0:.0f} C")
+    if status.get("outcome") not in (None, "running"):
+        parts.append(status["outcome"])
+    return "  ".join(parts)
+
+
+def phase_lines(host: str, status: dict, shown: set) -> list[str]:
+    """Lines for phases that finished since last time, with why a step was skipped."""
+    lines = []
+    for phase in status.get("phases", []):
+        key = (host, phase["name"])
+        if phase.get("ended") and key not in shown:
+            shown.add(key)
+            detail = f": {phase['detail']}" if phase.get("detail") else ""
+            lines.append(f"{host}  {phase['name']} {phase['outcome']}{detail}")
+    return lines
+
+
+class Progress:
+    """Receives ansible-runner events; keeps and draws the latest status of each host."""
+
+    def __init__(self, hosts: list[str], console: Console | None = None):
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.status: dict[str, dict] = {h: {} for h in hosts}
+        self.shown_phases: set = set()
+        self.last_printed: dict[str, tuple[str, float]] = {}
+        self.live: Live | None = None
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def on_event(self, event: dict) -> None:
+        data = event.get("event_data", {})
+        if data.get("task") != FOLLOW_TASK or event.get("event") not in ("runner_retry", "runner_on_ok"):
+            return
+        try:
+            status = json.loads(data.get("res", {}).get("stdout") or "{}")
+        except json.JSONDecodeError:
+            return
+        self.update(data.get("host", "?"), status)
+
+    def update(self, host: str, status: dict) -> None:
+        self.status[host] = status
+        for line in phase_lines(host, status, self.shown_phases):
+            self.console.print(line, markup=False, highlight=False)
+        if self.live:
+            self.live.update(self._render())
+            return
+        line = progress_line(host, status)
+        previous, at = self.last_printed.get(host, ("", 0.0))
+        if line != previous and time.monotonic() - at >= PRINT_EVERY_S:
+            self.console.print(line, markup=False, highlight=False)
+            self.last_printed[host] = (line, time.monotonic())
+
+    def _render(self) -> Text:
+        return Text("\n".join(progress_line(h, s) for h, s in self.status.items()))

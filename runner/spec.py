@@ -1,0 +1,192 @@
+"""The job spec: what a training session does, loaded from YAML and checked in full before any host is touched.
+
+Every problem becomes one line that names the key and the fix, raised as UsageError (exit 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runner.errors import UsageError
+
+Auto = Literal["auto"]
+UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
+
+
+class Section(BaseModel):
+    """A part of the spec: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSection(Section):
+    rank: Annotated[int, Field(gt=0, le=1024)] = 16
+    alpha: Annotated[float, Field(gt=0)] | None = None  # None: twice the rank
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+
+
+class TrainSection(Section):
+    epochs: Annotated[float, Field(gt=0)] = 1
+    max_steps: Annotated[int, Field(gt=0)] | None = None  # None: run the epochs
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 2e-4
+    batch_size: Annotated[int, Field(gt=0)] | Auto = "auto"  # auto: sized from free GPU memory
+    grad_accum: Annotated[int, Field(gt=0)] = 1
+    max_seq_len: Annotated[int, Field(ge=16, le=131072)] = 2048
+    packing: bool | Auto = "auto"
+    seed: int = 0
+    save_steps: Annotated[int, Field(gt=0)] = 50
+    gradient_checkpointing: bool | Auto = "auto"  # auto: only when memory needs it
+    liger: bool | Auto = "auto"
+    compile: bool | Auto = "auto"
+    attention: Literal["auto", "sdpa", "flex", "flash", "eager"] = "auto"
+
+
+class PowerSection(Section):
+    # Watts for every GPU, or a map GPU-UUID -> watts; None keeps the host's session profile.
+    limit_w: Annotated[float, Field(gt=0)] | dict[str, Annotated[float, Field(gt=0)]] | None = None
+
+    @field_validator("limit_w")
+    @classmethod
+    def _uuids_look_like_uuids(cls, value):
+        if isinstance(value, dict):
+            for key in value:
+                if not UUID_RE.match(key):
+                    raise ValueError(f"'{key}' is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx); "
+                                     "'runner hosts' lists them")
+        return value
+
+    def limit_for(self, uuid: str) -> float | None:
+        """The session limit in watts for one GPU, or None where the spec leaves it alone."""
+        if isinstance(self.limit_w, dict):
+            return self.limit_w.get(uuid)
+        return self.limit_w
+
+
+class InferenceSection(Section):
+    service: str | None = None  # a systemd unit such as 'vllm'; None: no inference server on the host
+    mode: Literal["stop", "none"] = "stop"
+    health_url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/.*)?$")] = "http://127.0.0.1:8000"
+    model_name: str | None = None  # what /v1/models must list; None: any model
+    health_timeout_s: Annotated[float, Field(gt=0)] = 300
+    free_timeout_s: Annotated[float, Field(gt=0)] = 60  # how long the GPUs may take to empty
+
+    @property
+    def managed(self) -> bool:
+        return self.service is not None and self.mode == "stop"
+
+
+class OutputSection(Section):
+    fetch: Literal["adapter", "all", "none"] = "adapter"
+
+
+class JobSpec(Section):
+    model: Annotated[str, Field(min_length=1)]
+    dataset: Annotated[str, Field(min_length=1)]
+    format: Literal["auto", "chat", "instruction", "text"] = "auto"
+    method: Literal["lora", "qlora"] = "lora"
+    trust_remote_code: bool = False  # model repos can ship code; off unless the job says so
+    lora: LoraSection = LoraSection()
+    train: TrainSection = TrainSection()
+    power: PowerSection = PowerSection()
+    inference: InferenceSection = InferenceSection()
+    output: OutputSection = OutputSection()
+
+    @model_validator(mode="after")
+    def _alpha_defaults_to_twice_rank(self):
+        if self.lora.alpha is None:
+            self.lora.alpha = 2.0 * self.lora.rank
+        return self
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """Read a job file, apply `--set key=value` overrides, and validate the result."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such job file. Check the path, or start from examples/demo.yaml.") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)}). "
+                         "Fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a job file is a mapping with keys such as model, dataset, train. "
+                         "See examples/demo.yaml.")
+    for item in overrides:
+        apply_override(data, item)
+    return validate_spec(data, source=str(path))
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Set one dotted key from `key=value`; the value is parsed as YAML (numbers stay numbers)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.learning_rate=1e-4.")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"--set {key}: '{part}' is not a section. Use a key such as train.max_steps.")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def validate_spec(data: dict, source: str = "job") -> JobSpec:
+    """Validate a parsed job; the first problem becomes one UsageError line."""
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise UsageError(f"{source}: {describe_error(err.errors()[0])}") from None
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """Turn one pydantic error into 'key: problem. Fix.'"""
+    loc = [str(p) for p in error["loc"] if not _is_union_branch(p)]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        hint = nearest_key(loc)
+        fix = f"did you mean '{hint}'?" if hint else f"valid keys here: {', '.join(valid_keys(loc[:-1]))}."
+        return f"unknown key '{key}'; {fix}"
+    if error["type"] == "missing":
+        return f"'{key}' is required. Add it to the job file."
+    got = error.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+    msg = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg}{shown}. Fix the value in the job file or the --set override."
+
+
+def _is_union_branch(part) -> bool:
+    # pydantic adds the branch type to the location of a union member ('int', 'literal[...]', 'dict[...]')
+    return isinstance(part, str) and (part in {"int", "float", "bool", "str", "none"}
+                                      or part.startswith(("literal[", "dict[", "list[", "constrained-")))
+
+
+def valid_keys(loc: list[str]) -> list[str]:
+    """The keys allowed at a dotted location of the spec."""
+    model: type[BaseModel] = JobSpec
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def nearest_key(loc: list[str]) -> str | None:
+    """The closest valid dotted key to an unknown one, if any is close."""
+    candidates = valid_keys(loc[:-1])
+    match = difflib.get_close_matches(loc[-1], candidates, n=1, cutoff=0.6)
+    return ".".join([*loc[:-1], match[0]]) if match else None
