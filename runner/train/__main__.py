@@ -1,0 +1,27 @@
+"""Train a LoRA/QLoRA adapter. Run: accelerate launch [--config_file F] -m runner.train CONFIG.json"""
+
+from __future__ import annotations
+
+import sys
+
+from .config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m runner.train CONFIG.json", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args[0])  # unknown keys raise
+        from .session import run_session  # heavy imports only once the config is good
+
+        run_session(cfg)  # rank 0 writes; resumes from the newest checkpoint; "stopped" also exits 0
+    except ConfigError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The trainer's JSON config: dataclasses, loading, one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AUTO = "auto"
+FORMATS = ("auto", "chat", "instruction", "text")
+METHODS = ("lora", "qlora")
+ATTENTIONS = ("auto", "varlen", "flash_attention_2", "flex_attention", "sdpa", "eager")
+
+
+class ConfigError(ValueError):
+    """The config cannot be used; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 16  # higher fits better, costs memory
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: float = 1
+    max_steps: int | None = None  # overrides epochs when set
+    learning_rate: float = 2e-4
+    batch_size: int | str = AUTO  # sequences of max_seq_len per micro-batch; auto sizes from free memory
+    grad_accum: int = 1
+    max_seq_len: int = 2048
+    packing: bool | str = AUTO
+    seed: int = 0
+    save_steps: int = 50
+    gradient_checkpointing: bool | str = AUTO  # auto: only when memory needs it
+    liger: bool | str = AUTO
+    compile: bool | str = AUTO
+    attention: str = AUTO
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    dataset: str
+    output_dir: str
+    metrics_path: str | None = None
+    stop_file: str | None = None
+    format: str = AUTO
+    method: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    trust_remote_code: bool = False
+    resume: bool = True
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a config file; unknown keys and bad values raise ConfigError."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
+    return parse_config(raw)
+
+
+def parse_config(raw: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from a dict, with the same checks as load_config."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a JSON object")
+    top = _known(raw, TrainConfig, "")
+    for key in ("model", "dataset", "output_dir"):
+        if not top.get(key):
+            raise ConfigError(f"config key '{key}' is required")
+    lora = _known(top.pop("lora", None) or {}, LoraSettings, "lora.")
+    if isinstance(lora.get("target_modules"), list):
+        lora["target_modules"] = tuple(lora["target_modules"])
+    train = _known(top.pop("train", None) or {}, TrainSettings, "train.")
+    cfg = TrainConfig(**top, lora=LoraSettings(**lora), train=TrainSettings(**train))
+    _validate(cfg)
+    return cfg
+
+
+def _known(raw: dict[str, Any], cls: type, prefix: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be an object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    return dict(raw)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    t = cfg.train
+    _one_of("format", cfg.format, FORMATS)
+    _one_of("method", cfg.method, METHODS)
+    _one_of("train.attention", t.attention, ATTENTIONS)
+    for key in ("packing", "gradient_checkpointing", "liger", "compile"):
+        value = getattr(t, key)
+        if value != AUTO and not isinstance(value, bool):
+            raise ConfigError(f'train.{key} must be true, false or "auto", not {value!r}')
+    _positive_int("train.batch_size", t.batch_size, allow_auto=True)
+    _positive_int("train.grad_accum", t.grad_accum)
+    _positive_int("train.max_seq_len", t.max_seq_len)
+    _positive_int("train.save_steps", t.save_steps)
+    _positive_int("lora.rank", cfg.lora.rank)
+    if t.max_steps is not None:
+        _positive_int("train.max_steps", t.max_steps)
+    if not t.epochs > 0:
+        raise ConfigError(f"train.epochs must be > 0, not {t.epochs!r}")
+    if not t.learning_rate > 0:
+        raise ConfigError(f"train.learning_rate must be > 0, not {t.learning_rate!r}")
+    if not 0 <= cfg.lora.dropout < 1:
+        raise ConfigError(f"lora.dropout must be in [0, 1), not {cfg.lora.dropout!r}")
+
+
+def _one_of(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def _positive_int(key: str, value: object, allow_auto: bool = False) -> None:
+    if allow_auto and value == AUTO:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        also = ' or "auto"' if allow_auto else ""
+        raise ConfigError(f"{key} must be a positive integer{also}, not {value!r}")

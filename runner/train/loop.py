@@ -1,0 +1,201 @@
+"""The training loop: steps, gradient accumulation, logging, checkpoints, graceful stop and resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
+from .config import TrainSettings
+from .metrics import Metrics
+from .packing import BatchPlan, collate_packed, collate_padded
+
+log = logging.getLogger("runner.train")
+
+
+@dataclass
+class Outcome:
+    status: str  # "done" or "stopped"
+    step: int
+    path: str | None  # the adapter, or the stop checkpoint
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT or by the stop file; ranks agree on it through the per-step all-reduce."""
+
+    def __init__(self, stop_file: str | None) -> None:
+        self.stop_file = Path(stop_file) if stop_file else None
+        self.signalled = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.warning("signal %d: stopping after this step", signum)
+        self.signalled = True
+
+    def requested(self) -> bool:
+        return self.signalled or bool(self.stop_file and self.stop_file.exists())
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> Any:
+    """Linear warm-up, then cosine decay to 10 % of the peak rate."""
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = device.type == "cuda" and all(p.is_cuda and p.dtype == torch.float32 for p in params)
+    return torch.optim.AdamW(
+        params,
+        lr=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        betas=(0.9, 0.999),
+        fused=fused or None,
+    )
+
+
+def total_steps(plan: BatchPlan, settings: TrainSettings) -> int:
+    if settings.max_steps:
+        return settings.max_steps
+    return max(1, math.ceil(plan.steps_per_epoch * settings.epochs))
+
+
+class Trainer:
+    """Runs the steps of one session on every rank; rank 0 writes metrics, checkpoints and the adapter."""
+
+    def __init__(
+        self,
+        *,
+        accelerator: Any,
+        wrapped: nn.Module,
+        peft_model: nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        plan: BatchPlan,
+        steps: int,
+        settings: TrainSettings,
+        output_dir: str,
+        metrics: Metrics,
+        stop: StopRequest,
+        tokenizer: Any,
+        pad_id: int,
+        run_info: dict[str, Any],
+    ) -> None:
+        self.accelerator, self.wrapped, self.peft_model = accelerator, wrapped, peft_model
+        self.optimizer, self.scheduler, self.plan, self.steps = optimizer, scheduler, plan, steps
+        self.settings, self.output_dir, self.metrics, self.stop = settings, output_dir, metrics, stop
+        self.tokenizer, self.pad_id, self.run_info = tokenizer, pad_id, run_info
+        self.step = 0
+        self.last_loss: float | None = None
+
+    def resume(self) -> Path | None:
+        """Continue from the newest complete checkpoint, if any; returns it."""
+        path = latest_checkpoint(self.output_dir)
+        if path is None:
+            return None
+        state = load_checkpoint(path, self.peft_model, self.optimizer, self.scheduler, self.accelerator.process_index)
+        self.step = state["step"]
+        log.info("resumed from %s at step %d", path, self.step)
+        return path
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "total_steps": self.steps,
+            "rows": self.plan.rows,
+            "checkpointing": self.run_info.get("gradient_checkpointing"),
+        }
+
+    def run(self) -> Outcome:
+        self.metrics.event("start", total_steps=self.steps, start_step=self.step, **self.run_info)
+        if self._agreed_stop(torch.zeros((), device=self.accelerator.device))[1]:
+            return self._stopped(checkpoint=None)
+        last_time, tokens = time.perf_counter(), 0
+        while self.step < self.steps:
+            loss_sum = self._train_step()
+            tokens += self.plan.step_input_tokens(self.step)
+            self.step += 1
+            total_loss, stop = self._agreed_stop(loss_sum)
+            now = time.perf_counter()
+            self.last_loss = total_loss / self.plan.step_work(self.step - 1, 0).trained_tokens
+            self.metrics.step(
+                self.step,
+                self.steps,
+                self.last_loss,
+                self.scheduler.get_last_lr()[0],
+                tokens / (now - last_time),
+                self.step / self.plan.steps_per_epoch,
+            )
+            last_time, tokens = now, 0
+            if stop:
+                return self._stopped(checkpoint=self._checkpoint())
+            if self.step % self.settings.save_steps == 0 and self.step < self.steps:
+                self._checkpoint()
+        adapter = save_adapter(self.accelerator, self.wrapped, self.peft_model, self.tokenizer, self.output_dir)
+        self.metrics.event("done", adapter=str(adapter), final_loss=self.last_loss, steps=self.step)
+        return Outcome("done", self.step, str(adapter))
+
+    def _train_step(self) -> torch.Tensor:
+        acc = self.accelerator
+        work = self.plan.step_work(self.step, acc.process_index)
+        scale = acc.num_processes / work.trained_tokens  # DDP averages over ranks: undo it, divide by all tokens
+        loss_sum = torch.zeros((), device=acc.device)
+        for index, examples in enumerate(work.micro_batches):
+            batch = self._to_device(examples)
+            last = index == len(work.micro_batches) - 1
+            with nullcontext() if last else acc.no_sync(self.wrapped):
+                loss = self.wrapped(**batch)
+                acc.backward(loss * scale)
+            loss_sum += loss.detach().float()
+        if self.settings.max_grad_norm:
+            acc.clip_grad_norm_([p for p in self.wrapped.parameters() if p.requires_grad], self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum
+
+    def _to_device(self, indices: list[int]) -> dict[str, Any]:
+        examples = [self.plan.examples[i] for i in indices]
+        batch = collate_packed(examples) if self.plan.packing else collate_padded(examples, self.pad_id)
+        device = self.accelerator.device
+        return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _agreed_stop(self, loss_sum: torch.Tensor) -> tuple[float, bool]:
+        """One all-reduce per step: the summed loss over ranks, and whether any rank wants to stop."""
+        flag = torch.tensor(float(self.stop.requested()), device=loss_sum.device)
+        both = self.accelerator.reduce(torch.stack([loss_sum.float(), flag]), reduction="sum")
+        return float(both[0]), bool(both[1] > 0)
+
+    def _checkpoint(self) -> str:
+        path = save_checkpoint(
+            self.accelerator,
+            self.wrapped,
+            self.peft_model,
+            self.optimizer,
+            self.scheduler,
+            self.state(),
+            self.output_dir,
+        )
+        self.metrics.event("checkpoint", step=self.step, path=str(path))
+        return str(path)
+
+    def _stopped(self, checkpoint: str | None) -> Outcome:
+        self.metrics.event("stopped", step=self.step, checkpoint=checkpoint)
+        return Outcome("stopped", self.step, checkpoint)

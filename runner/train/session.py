@@ -1,0 +1,159 @@
+"""One training session: load data and model, size batches, train, save. Every rank runs this."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+
+from .checkpoint import STATE_FILE, latest_checkpoint
+from .config import TrainConfig
+from .data import read_records, tokenize_records
+from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, total_steps
+from .metrics import Metrics, setup_logging
+from .model import (
+    CausalLMLoss,
+    compile_layers,
+    enable_checkpointing,
+    load_base_model,
+    load_tokenizer,
+    prepare_model,
+    resolve_features,
+)
+from .packing import BatchPlan
+from .sizing import Sizing, choose_sizing
+
+log = logging.getLogger("runner.train")
+
+
+def make_accelerator() -> Any:
+    """The launcher's accelerate settings; bf16 falls back to fp16 on GPUs without it."""
+    from accelerate import Accelerator
+
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if not torch.cuda.is_available():
+        return Accelerator(cpu=True)  # without cpu=True, launched CPU ranks would each run alone
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        log.warning("bf16 is not supported on this GPU; using fp16")
+        return Accelerator(mixed_precision="fp16")
+    return Accelerator()
+
+
+def strategy_name(accelerator: Any) -> str:
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        return "fsdp"
+    return "ddp" if accelerator.num_processes > 1 else "single"
+
+
+def run_session(cfg: TrainConfig) -> Outcome:
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator()
+    setup_logging(accelerator.is_main_process)
+    metrics = Metrics(cfg.metrics_path, accelerator.is_main_process)
+    stop = StopRequest(cfg.stop_file)
+    device = accelerator.device
+    strategy = strategy_name(accelerator)
+    set_seed(cfg.train.seed)
+    features = resolve_features(cfg, device)
+    tokenizer = load_tokenizer(cfg)
+    examples, dropped = tokenize_records(read_records(cfg.dataset), cfg.format, tokenizer, cfg.train.max_seq_len)
+    model = load_base_model(cfg, accelerator.mixed_precision, features, device, fsdp=strategy == "fsdp")
+    peft_model = prepare_model(model, cfg.lora, features)
+    loss_model = CausalLMLoss(peft_model)
+    sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy)
+    if features.compile:
+        compile_layers(peft_model)
+    plan = BatchPlan(
+        examples,
+        packing=features.packing,
+        rows=sizing.rows,
+        max_seq_len=cfg.train.max_seq_len,
+        grad_accum=cfg.train.grad_accum,
+        world_size=accelerator.num_processes,
+        seed=cfg.train.seed,
+    )
+    steps = total_steps(plan, cfg.train)
+    optimizer = make_optimizer(loss_model, cfg.train, device)
+    scheduler = make_schedule(optimizer, steps, cfg.train.warmup_ratio)
+    wrapped, optimizer = accelerator.prepare(loss_model, optimizer)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    info = {
+        "world_size": accelerator.num_processes,
+        "precision": accelerator.mixed_precision,
+        "strategy": strategy,
+        "method": cfg.method,
+        "packing": features.packing,
+        "attention": features.attention,
+        "liger": features.liger,
+        "compile": features.compile,
+        "gradient_checkpointing": sizing.checkpointing,
+        "rows_per_micro_batch": sizing.rows,
+        "max_seq_len": cfg.train.max_seq_len,
+        "grad_accum": cfg.train.grad_accum,
+        "examples": len(examples),
+        "dropped_examples": dropped,
+        "trainable_params": trainable,
+        "device": _device_name(device),
+        **sizing.probe,
+    }
+    trainer = Trainer(
+        accelerator=accelerator,
+        wrapped=wrapped,
+        peft_model=peft_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        plan=plan,
+        steps=steps,
+        settings=cfg.train,
+        output_dir=cfg.output_dir,
+        metrics=metrics,
+        stop=stop,
+        tokenizer=tokenizer,
+        pad_id=tokenizer.pad_token_id,
+        run_info=info,
+    )
+    if cfg.resume:
+        trainer.resume()
+    return trainer.run()
+
+
+def _sizing(cfg: TrainConfig, accelerator: Any, loss_model: CausalLMLoss, packing: bool, strategy: str) -> Sizing:
+    """A resumed run keeps its checkpoint's batch shape (the data position needs it); else probe memory."""
+    saved = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    if saved is not None:
+        state = json.loads((saved / STATE_FILE).read_text())
+        settings = dataclasses.replace(
+            cfg.train, batch_size=state["rows"], gradient_checkpointing=bool(state["checkpointing"])
+        )
+        return choose_sizing(loss_model, settings, packing, accelerator.device, can_probe=False)
+    sizing = choose_sizing(
+        loss_model,
+        cfg.train,
+        packing,
+        accelerator.device,
+        accelerator.autocast(),
+        can_probe=strategy != "fsdp",
+    )
+    if accelerator.num_processes == 1:
+        return sizing
+    import torch.distributed as dist
+
+    # Every rank must cut the data the same way: the smallest rows, checkpointing if any rank needs it
+    agreed = torch.tensor([sizing.rows, -int(sizing.checkpointing)], device=accelerator.device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    rows, checkpointing = int(agreed[0]), bool(agreed[1] < 0)
+    if checkpointing and not sizing.checkpointing:
+        enable_checkpointing(loss_model.model)
+    return Sizing(rows, checkpointing, sizing.probe)
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
