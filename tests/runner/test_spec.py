@@ -42,7 +42,7 @@ def test_override_is_validated_like_the_file(tmp_path):
     job.write_text("model: m\ndataset: d\n")
     assert load_spec(job, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
     assert load_spec(job, ["power.limit_w=300"]).power.limit_w == 300
-    with pytest.raises(UsageError, match="train.learning_rate"):
+    with pytest.raises(UsageError, match=r"train\.learning_rate"):
         load_spec(job, ["train.learning_rate=abc"])
     with pytest.raises(UsageError, match="expected KEY=VALUE"):
         load_spec(job, ["train.learning_rate"])
