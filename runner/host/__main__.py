@@ -5,6 +5,7 @@
   python -m runner.host restore DIR         restore the host after DIR's session (idempotent)
   python -m runner.host status DIR          the session's status.json, plus whether its supervisor lives
   python -m runner.host pack DIR WHAT       tar the results (WHAT: adapter | all | none); prints the path
+  python -m runner.host power PROFILE       apply the standing or session profile of the power config, read back
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from runner.host import inference, nvml
+from runner.host import inference, nvml, power
 from runner.host.lock import current_holder
 from runner.host.restore import restore
 from runner.host.status import Status
@@ -88,6 +89,24 @@ def _alive(pid: int) -> bool:
     return pid != os.getpid()
 
 
+def apply_power_profile(name: str) -> int:
+    """The boot unit's and provisioning's entry: enforce a profile from /etc/gpu-runner/power.json."""
+    config = power.PowerConfig.load()
+    profile = {"standing": config.standing_w, "session": config.session_w}[name]
+    try:
+        with nvml.nvml():
+            power.check_profile(profile, nvml.list_gpus())
+            enforced = power.apply_profile(profile, readonly=config.readonly)
+    except nvml.NvmlUnavailable as why:
+        print(f"skipped: {why}")
+        return 0
+    except power.PowerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(enforced))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "probe":
         print(json.dumps(probe(Path(argv[1]).expanduser())))
@@ -99,6 +118,8 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "status":
         print(json.dumps(session_status(Path(argv[1]))))
         return 0
+    if len(argv) == 2 and argv[0] == "power" and argv[1] in ("standing", "session"):
+        return apply_power_profile(argv[1])
     if len(argv) == 3 and argv[0] == "pack":
         print(pack(Path(argv[1]), argv[2]))
         return 0
