@@ -140,21 +140,33 @@ fail:
     return NULL;
 }
 
+static const char *skip_digits(const char *p)
+{
+    while (*p >= '0' && *p <= '9')
+        p++;
+    return p;
+}
+
+/* Checks the JSON grammar first: strtod alone would also take hex, "inf" and "nan". */
 static struct json *parse_number(struct parser *ps)
 {
-    const char *p = ps->p;
-    if (*p == '-')
-        p++;
-    if (*p < '0' || *p > '9')
+    const char *p = ps->p + (*ps->p == '-'), *digits = p;
+    if ((p = skip_digits(digits)) == digits)
         return NULL;
-    char *end;
-    double value = strtod(ps->p, &end);
-    if (end == ps->p)
-        return NULL;
+    if (*p == '.') {
+        digits = p + 1;
+        if ((p = skip_digits(digits)) == digits)
+            return NULL;
+    }
+    if (*p == 'e' || *p == 'E') {
+        digits = p + 1 + (p[1] == '+' || p[1] == '-');
+        if ((p = skip_digits(digits)) == digits)
+            return NULL;
+    }
     struct json *node = new_node(JSON_NUM);
     if (node)
-        node->num = value;
-    ps->p = end;
+        node->num = strtod(ps->p, NULL);
+    ps->p = p;
     return node;
 }
 
@@ -327,8 +339,8 @@ static void put_value(struct buf *b, const struct json *node, int depth)
             snprintf(num, sizeof num, "null");
         else if (node->num == floor(node->num) && fabs(node->num) < 1e15)
             snprintf(num, sizeof num, "%.0f", node->num);
-        else
-            snprintf(num, sizeof num, "%.17g", node->num);
+        else if (snprintf(num, sizeof num, "%.15g", node->num), strtod(num, NULL) != node->num)
+            snprintf(num, sizeof num, "%.17g", node->num); /* the shortest of the two that reads back exactly */
         puts_(b, num);
         break;
     case JSON_ARR:

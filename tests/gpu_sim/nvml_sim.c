@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -125,10 +126,12 @@ static struct json *load_state(int *rebooted)
 static int save_state(const struct json *root)
 {
     char tmp[PATH_MAX];
+    struct stat st;
     char *text = json_write(root);
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", state_path(), (int)getpid());
     FILE *f = text ? fopen(tmp, "w") : NULL;
-    int ok = f && fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    mode_t mode = stat(state_path(), &st) ? 0644 : st.st_mode & 07777; /* unprivileged readers keep access */
+    int ok = f && fchmod(fileno(f), mode) == 0 && fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
     ok = f && fclose(f) == 0 && ok && rename(tmp, state_path()) == 0;
     if (!ok)
         unlink(tmp);
@@ -377,8 +380,10 @@ NVML_API nvmlReturn_t nvmlInitWithFlags(unsigned int flags)
     (void)flags;
     int rebooted;
     struct json *root = load_state(&rebooted);
-    if (!root)
-        return NVML_ERROR_DRIVER_NOT_LOADED; /* no state file: as if no driver */
+    if (!root) {
+        fprintf(stderr, "gpu-sim: no readable state at %s (set GPU_SIM_STATE)\n", state_path());
+        return NVML_ERROR_DRIVER_NOT_LOADED; /* as if no driver */
+    }
     int n = json_len(json_get(root, "gpus"));
     json_free(root);
     device_count = n < MAX_GPUS ? (unsigned int)n : MAX_GPUS;

@@ -5,6 +5,7 @@ Each NVML check runs in a fresh subprocess (its own pynvml and environment). Run
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -364,3 +365,27 @@ def test_smi_persistence_mode_and_reports(sim: Sim) -> None:
     table = sim.smi().stdout
     assert "NVIDIA GeForce RTX 3090 Ti" in table and "Driver Version: 550.120" in table
     assert sim.smi("-L").stdout.splitlines()[1] == f"GPU 1: NVIDIA GeForce RTX 4090 (UUID: {UUID_4090})"
+
+
+def test_a_setter_with_a_strict_umask_keeps_the_state_readable(sim: Sim) -> None:
+    sim.state.chmod(0o644)
+    sim.nvml("import os; os.umask(0o077); n.nvmlDeviceSetPowerManagementLimit(h[0], 300_000); out = None")
+    assert sim.state.stat().st_mode & 0o777 == 0o644
+    assert sim.nvml("out = n.nvmlDeviceGetPowerManagementLimit(h[0])", as_nobody=True) == 300_000
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"gpus": [', '{"gpus": []} x', '{"gpus": [0x1]}', '{"a": "\\ud800"}'])
+def test_a_malformed_state_file_reads_as_no_driver(sim: Sim, text: str) -> None:
+    sim.state.write_text(text)
+    assert sim.smi("-L").returncode == 9
+
+
+def test_mangled_state_files_never_crash_the_library(sim: Sim) -> None:
+    text = sim.state.read_text()
+    rng = random.Random(7)  # fixed: a failure names a reproducible mutation
+    for _ in range(150):
+        at = rng.randrange(len(text))
+        mangled = text[:at] + rng.choice(['"', "{", "]", ",", "1", "-", "\\", "", "null"]) + text[at + 1:]
+        sim.state.write_text(mangled)
+        done = sim.smi("--query-gpu=index,uuid,power.limit,memory.used", "--format=csv")
+        assert done.returncode in (0, 9), (done.returncode, mangled)
