@@ -1,0 +1,68 @@
+"""Fixtures for trainer tests: a tiny local model (no hub), configs, and CPU settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_DATA = REPO / "examples" / "data" / "demo.jsonl"
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models train several times faster on one thread
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example tiny chat model (byte-level BPE + chat template, 2-layer Llama), built once."""
+    spec = importlib.util.spec_from_file_location("make_tiny_model", REPO / "examples" / "make_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    module.main(str(out))
+    return out
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, tiny_model: Path):
+    """Write a trainer config for the tiny model; keyword overrides go into "train" unless top-level."""
+
+    def write(train: dict | None = None, **top: object) -> Path:
+        cfg = {
+            "model": str(tiny_model),
+            "dataset": str(DEMO_DATA),
+            "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
+            "train": {
+                "max_steps": 6,
+                "learning_rate": 0.005,
+                "batch_size": 2,
+                "grad_accum": 2,
+                "max_seq_len": 128,
+                "save_steps": 2,
+                **(train or {}),
+            },
+            "output_dir": str(tmp_path / "output"),
+            "metrics_path": str(tmp_path / "metrics.jsonl"),
+            "stop_file": str(tmp_path / "STOP"),
+            **top,
+        }
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(cfg))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def metrics(tmp_path: Path):
+    """The metrics.jsonl records written so far, as dicts."""
+
+    def read() -> list[dict]:
+        path = tmp_path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    return read

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from runner.train.config import ConfigError, load_config, parse_config
+
+BASE = {"model": "m", "dataset": "d.jsonl", "output_dir": "/tmp/out"}
+
+
+def test_defaults_follow_the_contract():
+    cfg = parse_config(BASE)
+    assert cfg.method == "lora" and cfg.format == "auto" and cfg.resume is True
+    assert cfg.trust_remote_code is False
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules) == (16, 32, "all-linear")
+    t = cfg.train
+    assert (t.batch_size, t.packing, t.gradient_checkpointing, t.liger, t.compile, t.attention) == ("auto",) * 6
+    assert (t.max_seq_len, t.save_steps, t.max_steps) == (2048, 50, None)
+
+
+def test_full_contract_example_loads(tmp_path):
+    raw = {
+        **BASE,
+        "format": "chat",
+        "method": "qlora",
+        "lora": {"rank": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
+        "train": {
+            "epochs": 1,
+            "max_steps": None,
+            "learning_rate": 0.0002,
+            "batch_size": 4,
+            "grad_accum": 1,
+            "max_seq_len": 2048,
+            "packing": True,
+            "seed": 0,
+            "save_steps": 50,
+            "gradient_checkpointing": "auto",
+            "liger": False,
+            "compile": "auto",
+            "attention": "sdpa",
+        },
+        "trust_remote_code": False,
+        "metrics_path": "/m.jsonl",
+        "stop_file": "/STOP",
+        "resume": True,
+    }
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(raw))
+    cfg = load_config(path)
+    assert cfg.lora.target_modules == ("q_proj", "v_proj") and cfg.train.batch_size == 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({**BASE, "epochz": 1}, "unknown config key 'epochz'"),
+        ({**BASE, "train": {"lr": 1}}, "unknown config key 'train.lr'"),
+        ({**BASE, "lora": {"r": 8}}, "unknown config key 'lora.r'"),
+        ({"dataset": "d", "output_dir": "o"}, "'model' is required"),
+        ({**BASE, "method": "full"}, "method must be one of"),
+        ({**BASE, "train": {"batch_size": 0}}, 'train.batch_size must be a positive integer or "auto"'),
+        ({**BASE, "train": {"packing": "yes"}}, 'train.packing must be true, false or "auto"'),
+        ({**BASE, "train": {"attention": "magic"}}, "train.attention must be one of"),
+    ],
+)
+def test_bad_configs_raise_one_line(raw, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        parse_config(raw)
+    assert "\n" not in str(err.value)
