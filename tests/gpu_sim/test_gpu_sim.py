@@ -124,7 +124,8 @@ def test_devices_match_the_profile(sim: Sim) -> None:
                 "by_bus": n.nvmlDeviceGetIndex(n.nvmlDeviceGetHandleByPciBusId(bus)),
                 "minor": n.nvmlDeviceGetMinorNumber(d), "arch": n.nvmlDeviceGetArchitecture(d),
                 "graphics": len(n.nvmlDeviceGetGraphicsRunningProcesses(d)),
-                "reasons": n.nvmlDeviceGetCurrentClocksEventReasons(d)})
+                "reasons": n.nvmlDeviceGetCurrentClocksEventReasons(d)
+                | n.nvmlDeviceGetCurrentClocksThrottleReasons(d)})
         out["unknown_uuid"] = error(n.nvmlDeviceGetHandleByUUID, "GPU-00000000-0000-0000-0000-000000000000")
         n.nvmlShutdown()
     """)
@@ -221,6 +222,21 @@ def test_matching_processes_load_their_gpus_until_they_exit(sim: Sim) -> None:
         assert 0.85 * gpu["limit"] <= gpu["power"] <= gpu["limit"]
         assert gpu["average"] == gpu["power"]
         assert gpu["temp"] == gpu["temp_v"] > before["temp"] + 20
+
+
+def test_energy_grows_with_the_power_drawn(sim: Sim) -> None:
+    sim.spawn("vllm")
+    out = sim.nvml("""
+        import time
+        start = time.monotonic()
+        first = n.nvmlDeviceGetTotalEnergyConsumption(h[1])
+        time.sleep(0.2)
+        field = n.nvmlDeviceGetFieldValues(h[1], [n.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION])[0]
+        out = [field.value.ullVal - first, time.monotonic() - start,
+               field.valueType == n.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG]
+    """)
+    used_mj, elapsed_s, is_ull = out
+    assert is_ull and 0.2 * 350_000 < used_mj <= elapsed_s * 450_000  # mJ at about 0.9 x the 450 W limit
 
 
 def test_a_forced_spike_shows_in_the_instant_field_only(sim: Sim) -> None:
