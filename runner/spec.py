@@ -51,6 +51,10 @@ class TrainSection(Section):
 class PowerSection(Section):
     # Watts for every GPU, or a map GPU-UUID -> watts; None keeps the host's session profile.
     limit_w: Annotated[float, Field(gt=0)] | dict[str, Annotated[float, Field(gt=0)]] | None = None
+    # The watchdog: too hot for too long, or repeated spikes above the limit, stops the trainer gracefully.
+    max_temperature_c: Annotated[float, Field(gt=30, le=110)] = 87
+    hot_grace_s: Annotated[float, Field(gt=0)] = 30
+    spike_factor: Annotated[float, Field(gt=1)] = 1.5
 
     @field_validator("limit_w")
     @classmethod

@@ -238,7 +238,10 @@ class Session:
         self.status.begin("train")
         telemetry = None
         if self.gpus:
-            telemetry = Telemetry([g.uuid for g in self.gpus], self.dir / "telemetry.jsonl", WatchdogLimits(),
+            watch = self.spec["power"]
+            limits = WatchdogLimits(max_temperature_c=watch["max_temperature_c"],
+                                    temperature_grace_s=watch["hot_grace_s"], spike_factor=watch["spike_factor"])
+            telemetry = Telemetry([g.uuid for g in self.gpus], self.dir / "telemetry.jsonl", limits,
                                   warn=self.status.warn, request_stop=self.request_stop)
             telemetry.start()
         try:
