@@ -26,16 +26,58 @@ def _group() -> None:
 
 @app.command()
 def train(
-    job: Annotated[str, typer.Argument(help="The job spec (YAML).")],
+    job: Annotated[str | None, typer.Argument(help="The job spec (YAML).")] = None,
     hosts: Hosts = None,
     inventory: InventoryOpt = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: train.learning_rate=1e-4.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; change nothing.")] = False,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue session ID from its newest checkpoint.")]
+    = None,
 ) -> None:
     """Run a training session on each host: cap power, stop inference, train, restore."""
     from runner.commands.train import train as run_train
 
-    raise typer.Exit(run_train(job, hosts, inventory, set_ or [], dry_run))
+    raise typer.Exit(run_train(job, hosts, inventory, set_ or [], dry_run, resume))
+
+
+SessionId = Annotated[str, typer.Argument(help="A session id ('runner status' lists them).")]
+
+
+@app.command()
+def status(
+    session: Annotated[str | None, typer.Argument(help="One session (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the sessions as JSON.")] = False,
+) -> None:
+    """List sessions from the local ledger, with live state from the hosts."""
+    from runner.commands.session import status as show
+
+    raise typer.Exit(show(session, as_json))
+
+
+@app.command()
+def logs(session: SessionId,
+         follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing until it ends.")] = False,
+         ) -> None:
+    """Print a session's training log from its hosts."""
+    from runner.commands.session import logs as show
+
+    raise typer.Exit(show(session, follow))
+
+
+@app.command()
+def stop(session: SessionId) -> None:
+    """Stop a session gracefully: checkpoint, then restore power and inference."""
+    from runner.commands.session import stop as request
+
+    raise typer.Exit(request(session))
+
+
+@app.command()
+def attach(session: SessionId) -> None:
+    """Follow a running session again (after the laptop was away) and fetch its results."""
+    from runner.commands.session import attach as follow
+
+    raise typer.Exit(follow(session))
 
 
 def main() -> None:

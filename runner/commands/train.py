@@ -10,8 +10,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from runner import ledger, playbook
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
+from runner.paths import runs_dir
 from runner.playbook import run_playbook
 from runner.progress import Progress
 from runner.spec import JobSpec, load_spec
@@ -142,8 +144,60 @@ def exit_code(results: dict[str, dict]) -> int:
     return EXIT_FAILED
 
 
-def train(job_file: str, hosts: str | None, inventory_path: str | None, overrides: list[str],
-          dry_run: bool) -> int:
+def write_plan(run_dir: Path, plan: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "session.json").write_text(json.dumps(plan, indent=1))
+
+
+def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool) -> int:
+    """Run (or re-follow) the session playbook with live progress; fetch, summarise, update the ledger."""
+    plan = json.loads((Path(entry.run_dir) / "session.json").read_text())
+    run_dir = Path(entry.run_dir)
+    extravars = {
+        "train_session_id": entry.id,
+        "train_session_job": plan["job"],
+        "train_session_uploads": plan["uploads"],
+        "train_session_fetch_dir": f"{run_dir}/{{{{ inventory_hostname }}}}",
+        "train_session_fetch": plan["job"]["spec"]["output"]["fetch"],
+        "train_session_attach": attach,
+    }
+    try:
+        with Progress(entry.hosts) as progress:
+            run = run_playbook("train", inventory, entry.hosts, extravars, on_event=progress.on_event,
+                               raise_on_failure=False)
+    except KeyboardInterrupt:
+        return stop_after_interrupt(entry, inventory)
+    results = load_results(run_dir, entry.hosts)
+    for host in entry.hosts:
+        if not results[host] and host in run.failures:
+            refused = run.failures[host].startswith("refused")
+            results[host] = {"outcome": "refused" if refused else "failed", "error": run.failures[host]}
+        summarize(host, results[host], run_dir / host)
+    entry.host_outcomes = {h: r.get("outcome", "failed") for h, r in results.items()}
+    entry.outcome = ledger.overall(entry.host_outcomes)
+    entry.ended = time.time() if entry.outcome != "running" else None
+    ledger.record(entry)
+    out.print(f"run folder: {run_dir}", markup=False)
+    return exit_code(results)
+
+
+def stop_after_interrupt(entry: ledger.Entry, inventory: Inventory) -> int:
+    """Ctrl-C: ask every host to stop gracefully, then follow until each has restored."""
+    playbook.interrupted.clear()
+    err.print("Interrupted: stopping the session (checkpoint, then restore)...", markup=False)
+    run_playbook("session", inventory, entry.hosts, {"train_session_id": entry.id, "train_session_action": "stop"})
+    follow_session(entry, inventory, attach=True)
+    return EXIT_INTERRUPTED
+
+
+def train(job_file: str | None, hosts: str | None, inventory_path: str | None, overrides: list[str],
+          dry_run: bool, resume: str | None = None) -> int:
+    if resume:
+        entry = ledger.get(resume)
+        err.print(f"resuming session {entry.id} on {', '.join(entry.hosts)}", markup=False)
+        return follow_session(entry, load_inventory(entry.inventory), attach=False)
+    if job_file is None:
+        raise UsageError("runner train needs a job file (or --resume ID).")
     spec = load_spec(job_file, overrides)
     inventory = load_inventory(inventory_path)
     chosen = inventory.select(hosts)
@@ -152,23 +206,10 @@ def train(job_file: str, hosts: str | None, inventory_path: str | None, override
         print_plan(spec, staging, inventory, chosen)
         return EXIT_OK
     session_id = new_session_id()
-    run_dir = Path("runs").resolve() / session_id
+    run_dir = runs_dir() / session_id
+    write_plan(run_dir, {"job": {"spec": spec.model_dump(), "paths": staging.paths}, "uploads": staging.uploads})
+    entry = ledger.Entry(session_id, chosen, str(Path(job_file).resolve()),
+                         str(inventory.path) if inventory.path else None, time.time(), str(run_dir))
+    ledger.record(entry)
     err.print(f"session {session_id} on {', '.join(chosen)}", markup=False)
-    extravars = {
-        "train_session_id": session_id,
-        "train_session_job": {"spec": spec.model_dump(), "paths": staging.paths},
-        "train_session_uploads": staging.uploads,
-        "train_session_fetch_dir": f"{run_dir}/{{{{ inventory_hostname }}}}",
-        "train_session_fetch": spec.output.fetch,
-    }
-    with Progress(chosen) as progress:
-        run = run_playbook("train", inventory, chosen, extravars, on_event=progress.on_event,
-                           raise_on_failure=False)
-    results = load_results(run_dir, chosen)
-    for host in chosen:
-        if not results[host] and host in run.failures:
-            refused = run.failures[host].startswith("refused")
-            results[host] = {"outcome": "refused" if refused else "failed", "error": run.failures[host]}
-        summarize(host, results[host], run_dir / host)
-    out.print(f"run folder: {run_dir}", markup=False)
-    return exit_code(results)
+    return follow_session(entry, inventory, attach=False)

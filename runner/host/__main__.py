@@ -5,6 +5,8 @@
   python -m runner.host restore DIR         restore the host after DIR's session (idempotent)
   python -m runner.host status DIR          the session's status.json, plus whether its supervisor lives
   python -m runner.host pack DIR WHAT       tar the results (WHAT: adapter | all | none); prints the path
+  python -m runner.host stop DIR            ask DIR's session to stop gracefully (checkpoint, then restore)
+  python -m runner.host log DIR [OFFSET]    train.log from OFFSET, as JSON, for `runner logs`
   python -m runner.host power PROFILE       apply the standing or session profile of the power config, read back
 """
 
@@ -26,6 +28,8 @@ from runner.host.supervisor import run_session
 
 def probe(training_root: Path) -> dict:
     facts: dict = {"gpus": [], "nvml": "ok", "systemd": inference.has_systemd(),
+                   "training_root": str(training_root),  # absolute, for Ansible modules that do not expand ~
+                   "session_unit": Path(SESSION_UNIT).exists(),
                    "lock_holder": current_holder(training_root / "session.lock")}
     try:
         with nvml.nvml():
@@ -61,6 +65,7 @@ def session_status(session_dir: Path) -> dict:
 
 
 STARTUP_GRACE_S = 120
+SESSION_UNIT = "/etc/systemd/system/gpu-runner-session@.service"  # installed by setup
 
 # What comes back to the controller; 'all' adds checkpoints and the rest of output/
 RESULT_FILES = ("status.json", "metrics.jsonl", "telemetry.jsonl", "train.log", "supervisor.log", "job.json")
@@ -107,22 +112,43 @@ def apply_power_profile(name: str) -> int:
     return 0
 
 
+def request_stop(session_dir: Path) -> int:
+    """`runner stop`: the trainer checkpoints at its next step, then the supervisor restores."""
+    (session_dir / "STOP").touch()
+    print(json.dumps(session_status(session_dir)))
+    return 0
+
+
+def print_log(session_dir: Path, offset: int) -> int:
+    """train.log from byte `offset`, as JSON {offset, text, outcome} so followers can continue."""
+    log = session_dir / "train.log"
+    data = b""
+    if log.exists():
+        with log.open("rb") as f:
+            f.seek(offset)
+            data = f.read(1 << 20)
+    status = session_status(session_dir)
+    print(json.dumps({"offset": offset + len(data), "text": data.decode(errors="replace"),
+                      "outcome": status.get("outcome", "running"), "alive": status.get("alive")}))
+    return 0
+
+
+COMMANDS = {
+    "probe": lambda d, _: print(json.dumps(probe(d))) or 0,
+    "session": lambda d, _: run_session(d),
+    "restore": lambda d, _: restore_after(d),
+    "status": lambda d, _: print(json.dumps(session_status(d))) or 0,
+    "stop": lambda d, _: request_stop(d),
+    "log": lambda d, extra: print_log(d, int(extra or 0)),
+    "pack": lambda d, extra: print(pack(d, extra or "adapter")) or 0,
+}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "probe":
-        print(json.dumps(probe(Path(argv[1]).expanduser())))
-        return 0
-    if len(argv) == 2 and argv[0] == "session":
-        return run_session(Path(argv[1]))
-    if len(argv) == 2 and argv[0] == "restore":
-        return restore_after(Path(argv[1]))
-    if len(argv) == 2 and argv[0] == "status":
-        print(json.dumps(session_status(Path(argv[1]))))
-        return 0
     if len(argv) == 2 and argv[0] == "power" and argv[1] in ("standing", "session"):
         return apply_power_profile(argv[1])
-    if len(argv) == 3 and argv[0] == "pack":
-        print(pack(Path(argv[1]), argv[2]))
-        return 0
+    if len(argv) in (2, 3) and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](Path(argv[1]).expanduser(), argv[2] if len(argv) == 3 else None)
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -63,6 +63,7 @@ class Session:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> int:
+        (self.dir / "STOP").unlink(missing_ok=True)  # a resumed session starts without an old stop request
         self.status.update(session_id=self.job["session_id"], host=self.job.get("host", ""), pid=os.getpid(),
                            outcome="running", started=time.time(), ended=None, phases=[])
         try:
@@ -95,6 +96,8 @@ class Session:
             return EXIT_FAILED
 
     def _phase(self, name: str, step) -> None:
+        if (self.dir / "STOP").exists() and not self.stop_reason:
+            self.request_stop("stop requested ('runner stop')")
         if self.stop_reason:
             raise StopRequested
         self.status.begin(name)

@@ -1,0 +1,98 @@
+"""`runner status`, `runner logs`, `runner stop`, `runner attach`: sessions after they started."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from runner import ledger
+from runner.commands.train import follow_session
+from runner.errors import EXIT_OK
+from runner.inventory import load_inventory
+from runner.playbook import run_playbook
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+FOLLOW_POLL_S = 2.0
+
+
+def host_results(entry: ledger.Entry, action: str, task: str, extravars: dict | None = None) -> dict[str, dict]:
+    """Run one session action on the entry's hosts; each host's JSON answer (unreachable hosts are left out)."""
+    answers: dict[str, dict] = {}
+
+    def keep(event: dict) -> None:
+        data = event.get("event_data", {})
+        if event.get("event") == "runner_on_ok" and data.get("task") == task:
+            answers[data["host"]] = json.loads(data["res"]["stdout"])
+
+    run_playbook("session", load_inventory(entry.inventory), entry.hosts,
+                 {"train_session_id": entry.id, "train_session_action": action, **(extravars or {})},
+                 on_event=keep, raise_on_failure=False)
+    return answers
+
+
+def refresh(entry: ledger.Entry) -> dict[str, dict]:
+    """Live state from the hosts; a session whose supervisor is gone without an outcome was interrupted."""
+    live = host_results(entry, "status", "Read the session status")
+    for host, status in live.items():
+        outcome = status.get("outcome", "running")
+        if outcome == "running" and not status.get("alive", True):
+            outcome = "interrupted"
+        entry.host_outcomes[host] = outcome
+    if live:
+        entry.outcome = ledger.overall(entry.host_outcomes)
+        entry.ended = entry.ended or (time.time() if entry.outcome != "running" else None)
+        ledger.record(entry)
+    return live
+
+
+def status(session_id: str | None, as_json: bool) -> int:
+    entries = [ledger.get(session_id)] if session_id else ledger.sessions()
+    live = {}
+    for entry in entries:
+        if entry.outcome == "running" or session_id:
+            live[entry.id] = refresh(entry)
+    if as_json:
+        out.print_json(json.dumps([e.public() for e in entries]))
+        return EXIT_OK
+    table = Table("id", "hosts", "outcome", "started", "ended")
+    for entry in entries:
+        public = entry.public()
+        table.add_row(entry.id, ", ".join(entry.hosts), entry.outcome, public["started"], public["ended"] or "")
+    out.print(table)
+    for host, state in live.get(session_id, {}).items():
+        restore = state.get("restore", {})
+        out.print(f"{host}: {state.get('outcome')} in {state.get('phase')}, step {state.get('step')}/"
+                  f"{state.get('total_steps')}, loss {state.get('loss')}, restore "
+                  f"{'ok' if restore.get('ok') else restore or 'not yet'}", markup=False)
+    return EXIT_OK
+
+
+def logs(session_id: str, follow: bool) -> int:
+    entry = ledger.get(session_id)
+    offsets = {h: 0 for h in entry.hosts}
+    while True:
+        answers = host_results(entry, "log", "Read the training log", {"train_session_log_offsets": offsets})
+        for host, answer in answers.items():
+            offsets[host] = answer["offset"]
+            for line in answer["text"].splitlines():
+                out.print(f"{host}: {line}" if len(entry.hosts) > 1 else line, markup=False, highlight=False)
+        running = [a for a in answers.values() if a.get("outcome") == "running" and a.get("alive")]
+        if not follow or not running:
+            return EXIT_OK
+        time.sleep(FOLLOW_POLL_S)
+
+
+def stop(session_id: str) -> int:
+    entry = ledger.get(session_id)
+    host_results(entry, "stop", "Ask the session to stop (checkpoint, then restore)")
+    err.print(f"stop requested on {', '.join(entry.hosts)}; following until restored", markup=False)
+    return follow_session(entry, load_inventory(entry.inventory), attach=True)
+
+
+def attach(session_id: str) -> int:
+    entry = ledger.get(session_id)
+    return follow_session(entry, load_inventory(entry.inventory), attach=True)
