@@ -173,7 +173,11 @@ class Trainer:
 
     def _to_device(self, indices: list[int]) -> dict[str, Any]:
         examples = [self.plan.examples[i] for i in indices]
-        batch = collate_packed(examples) if self.plan.packing else collate_padded(examples, self.pad_id)
+        batch = (
+            collate_packed(examples, self.plan.max_seq_len)
+            if self.plan.packing
+            else collate_padded(examples, self.pad_id)
+        )
         device = self.accelerator.device
         return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 

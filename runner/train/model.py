@@ -123,7 +123,13 @@ def prepare_model(model: nn.Module, lora: LoraSettings, features: Features) -> n
         target_modules=targets,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if next(model.parameters()).dtype != torch.float32:
+        # Under autocast PEFT's cast of each input to the fp32 adapters is a wasted copy: matmuls run in bf16
+        for module in peft_model.modules():
+            if hasattr(module, "lora_A"):
+                module.cast_input_dtype_enabled = False
+    return peft_model
 
 
 def enable_checkpointing(model: nn.Module) -> None:

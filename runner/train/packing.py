@@ -61,6 +61,7 @@ class BatchPlan:
         self.packing = packing
         self.rows = rows  # packed: sequences of max_seq_len per micro-batch; else examples per micro-batch
         self.capacity = rows * max_seq_len
+        self.max_seq_len = max_seq_len
         self.per_step = grad_accum * world_size
         self.grad_accum, self.world_size, self.seed = grad_accum, world_size, seed
         self.lengths = [len(e.input_ids) for e in examples]
@@ -94,8 +95,12 @@ def shifted_targets(example: Example) -> list[int]:
     return [*example.labels[1:], IGNORE]
 
 
-def collate_packed(examples: list[Example]) -> dict[str, torch.Tensor | int]:
-    """One padding-free row: ids, restarting positions, next-token targets, cu_seq_lens."""
+def collate_packed(examples: list[Example], max_length: int | None = None) -> dict[str, torch.Tensor | int]:
+    """One padding-free row: ids, restarting positions, next-token targets, cu_seq_lens.
+
+    max_length bounds the example lengths for varlen kernels; a fixed bound (max_seq_len) instead of the
+    batch's own maximum keeps compiled code from specialising on it.
+    """
     if not examples:
         return _filler()
     ids = [t for e in examples for t in e.input_ids]
@@ -109,7 +114,7 @@ def collate_packed(examples: list[Example]) -> dict[str, torch.Tensor | int]:
         "position_ids": torch.tensor([positions]),
         "targets": torch.tensor([targets]),
         "cu_seq_lens": cu,
-        "max_length": max(lengths),
+        "max_length": max_length or max(lengths),
     }
 
 

@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import STATE_FILE, latest_checkpoint
 from .config import TrainConfig
-from .data import read_records, tokenize_records
+from .data import Example, read_records, tokenize_records
 from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, total_steps
 from .metrics import Metrics, setup_logging
 from .model import (
@@ -52,7 +52,10 @@ def strategy_name(accelerator: Any) -> str:
     return "ddp" if accelerator.num_processes > 1 else "single"
 
 
-def run_session(cfg: TrainConfig) -> Outcome:
+def run_session(
+    cfg: TrainConfig, model: torch.nn.Module | None = None, examples: list[Example] | None = None
+) -> Outcome:
+    """Train as configured. A benchmark may pass an in-memory base model and tokenized examples."""
     from accelerate.utils import set_seed
 
     accelerator = make_accelerator()
@@ -63,9 +66,15 @@ def run_session(cfg: TrainConfig) -> Outcome:
     strategy = strategy_name(accelerator)
     set_seed(cfg.train.seed)
     features = resolve_features(cfg, device)
-    tokenizer = load_tokenizer(cfg)
-    examples, dropped = tokenize_records(read_records(cfg.dataset), cfg.format, tokenizer, cfg.train.max_seq_len)
-    model = load_base_model(cfg, accelerator.mixed_precision, features, device, fsdp=strategy == "fsdp")
+    tokenizer, dropped = None, 0
+    if examples is None:
+        tokenizer = load_tokenizer(cfg)
+        records = read_records(cfg.dataset)
+        examples, dropped = tokenize_records(records, cfg.format, tokenizer, cfg.train.max_seq_len)
+    if model is None:
+        model = load_base_model(cfg, accelerator.mixed_precision, features, device, fsdp=strategy == "fsdp")
+    else:
+        model.set_attn_implementation(features.attention)
     peft_model = prepare_model(model, cfg.lora, features)
     loss_model = CausalLMLoss(peft_model)
     sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy)
@@ -117,7 +126,7 @@ def run_session(cfg: TrainConfig) -> Outcome:
         metrics=metrics,
         stop=stop,
         tokenizer=tokenizer,
-        pad_id=tokenizer.pad_token_id,
+        pad_id=tokenizer.pad_token_id if tokenizer else 0,
         run_info=info,
     )
     if cfg.resume:

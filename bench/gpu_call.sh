@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One device-machine call: install carried wheels, record the environment, then run the named phases.
+# Run (on the GPU machine, from the repo root): bash bench/gpu_call.sh PHASE... ; results land in $OUT.
+set -u
+OUT=${OUT:-/tmp/bench-out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+log() { echo "== $(date +%T) $*"; }
+run() {  # run LIMIT_S NAME CMD...: time-boxed, output kept in $OUT/NAME.log
+  local limit=$1 name=$2; shift 2
+  log "$name"
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "rc=$?" >>"$OUT/$name.log"
+  grep -E '^\{"(run|ratio)"|rc=|Error|error' "$OUT/$name.log" | cut -c1-400 | tail -8
+}
+B="python3 bench/train_throughput.py --out $OUT"
+for phase in "$@"; do
+  case $phase in
+    env)
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+      python3 -c "import torch, transformers, peft, accelerate, triton; print(torch.__version__, torch.version.cuda, transformers.__version__, peft.__version__, accelerate.__version__, triton.__version__)"
+      python3 -c "import inspect; from torch.nn.attention.varlen import varlen_attn; print(inspect.signature(varlen_attn))" ;;
+    gputests) run 240 gputests python3 -m pytest -q -m gpu tests/train -p no:cacheprovider -x ;;
+    cmp1b) run 240 cmp1b $B --models 1b ;;
+    seed8b) run 150 seed8b $B --one seed --model 8b ;;
+    ours8b) run 240 ours8b $B --one ours --model 8b ;;
+    ours8b-nocompile) run 150 ours8b-nocompile $B --one ours --model 8b --set compile=false ;;
+    ours8b-noliger) run 240 ours8b-noliger $B --one ours --model 8b --set liger=false ;;
+    mem8b) run 240 mem8b $B --one ours --model 8b --memory-gib 24 --set max_seq_len=4096 ;;
+    qlora24b) run 300 qlora24b $B --one ours --model 24b --qlora --memory-gib 24 --set max_seq_len=2048 ;;
+    *) echo "unknown phase $phase" ;;
+  esac
+done

@@ -1,0 +1,50 @@
+"""GPU paths: torch's varlen flash kernel, Liger, torch.compile and memory sizing (skipped without CUDA)."""
+
+import pytest
+import torch
+
+from runner.train.attention import _sdpa_per_example, varlen_attention_forward, varlen_kernel_available
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU"),
+]
+
+
+def test_varlen_kernel_matches_per_example_sdpa_forward_and_backward():
+    device = torch.device("cuda")
+    if not varlen_kernel_available(device):
+        pytest.skip("torch varlen attention needs sm80+")
+    gen = torch.Generator(device=device).manual_seed(0)
+    lengths = [37, 300, 5, 128]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    total, heads, kv_heads, dim = sum(lengths), 8, 2, 64
+
+    def rand(h):
+        return torch.randn(1, h, total, dim, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
+
+    q, k, v = rand(heads), rand(kv_heads), rand(kv_heads)
+    out, _ = varlen_attention_forward(None, q, k, v, None, scaling=dim**-0.5, cu_seq_lens_q=cu, max_length_q=2048)
+    out.float().square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = _sdpa_per_example(*(t[0].transpose(0, 1) for t in (q, k, v)), cu.tolist(), dim**-0.5).unsqueeze(0)
+    ref.float().square().sum().backward()
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    for ours, theirs in zip(grads, (q.grad, k.grad, v.grad), strict=True):
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=5e-2, atol=5e-2)
+
+
+def test_training_on_gpu_uses_the_fast_paths(write_config, metrics, monkeypatch):
+    from runner.train.config import load_config
+    from runner.train.session import run_session
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    outcome = run_session(load_config(write_config({"max_steps": 8, "batch_size": "auto"})))
+    start = metrics()[0]
+    steps = [r for r in metrics() if "loss" in r]
+    assert outcome.status == "done" and start["precision"] == "bf16"
+    assert start["attention"] == "varlen" and start["compile"] is True and start["packing"] is True
+    assert start["gradient_checkpointing"] is False  # a tiny model never needs it
+    assert steps[-1]["loss"] < steps[0]["loss"]
