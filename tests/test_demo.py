@@ -23,6 +23,7 @@ def test_demo_session_trains_and_brings_back_a_usable_adapter(home, tiny_model):
               if "loss" in json.loads(line)]
     assert losses[-1] < losses[0]
     assert "adapter at" in result.stdout and str(run_dir) in result.stdout
+    assert (host_dir / "session.png").stat().st_size > 1000
 
     import torch
     from peft import PeftModel

@@ -15,6 +15,7 @@ from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, 
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
 from runner.playbook import run_playbook
+from runner.plot import plot_session
 from runner.progress import Progress
 from runner.spec import JobSpec, load_spec
 from runner.templates import accelerate_config
@@ -112,10 +113,12 @@ def load_results(run_dir: Path, hosts: list[str]) -> dict[str, dict]:
 
 
 def summarize(host: str, status: dict, host_dir: Path) -> None:
-    """The end of a session for one host: outcome, loss trend, speed, power, adapter path."""
+    """The end of a session for one host: outcome, duration, loss trend, speed, power, downtime, adapter, plot."""
     summary = status.get("summary", {})
     outcome = status.get("outcome", "unknown (no status came back)")
-    err.print(f"{host}: {outcome}" + (f" ({status['error']})" if status.get("error") else ""), markup=False)
+    took = f" after {summary['duration_s']:.0f} s" if summary.get("duration_s") else ""
+    err.print(f"{host}: {outcome}{took}" + (f" ({status['error']})" if status.get("error") else ""),
+              markup=False)
     losses = [loss for _, loss in status.get("losses", []) if loss is not None]
     if losses:
         out.print(f"{host}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {status.get('step')} steps"
@@ -124,10 +127,15 @@ def summarize(host: str, status: dict, host_dir: Path) -> None:
     for uuid, peak in (summary.get("gpu_peaks") or {}).items():
         out.print(f"{host}: {uuid} max {peak['max_instant_w']:.0f} W instant (limit {peak['limit_w']:.0f} W), "
                   f"max {peak['max_temperature_c']:.0f} C", markup=False)
+    if summary.get("inference_downtime_s") is not None:
+        out.print(f"{host}: inference down for {summary['inference_downtime_s']:.0f} s", markup=False)
     restore = status.get("restore", {})
     if restore and not restore.get("ok"):
         err.print(f"{host}: RESTORE FAILED: power {restore.get('power')}; inference {restore.get('inference')}",
                   style="bold red", markup=False)
+    plot = plot_session(host_dir) if host_dir.exists() else None
+    if plot:
+        out.print(f"{host}: plot at {plot}", markup=False)
     if (host_dir / "adapter").exists():
         out.print(f"{host}: adapter at {host_dir / 'adapter'}", markup=False)
 

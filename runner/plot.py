@@ -1,0 +1,47 @@
+"""The session plot: loss over steps, and each GPU's power and temperature over time, as one PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_session(host_dir: Path) -> Path | None:
+    """Write host_dir/session.png from metrics.jsonl and telemetry.jsonl; None when there is nothing to draw."""
+    metrics = [m for m in _jsonl(host_dir / "metrics.jsonl") if "loss" in m and "step" in m]
+    telemetry = _jsonl(host_dir / "telemetry.jsonl")
+    if not metrics and not telemetry:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a laptop over SSH or in CI
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, power_ax, temp_ax) = plt.subplots(3, 1, figsize=(8, 9), constrained_layout=True)
+    loss_ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], color="tab:blue")
+    loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
+    if telemetry:
+        start = telemetry[0]["time"]
+        uuids = [g["uuid"] for g in telemetry[0]["gpus"]]
+        for i, uuid in enumerate(uuids):
+            rows = [(t["time"] - start, g) for t in telemetry for g in t["gpus"] if g["uuid"] == uuid]
+            seconds = [s for s, _ in rows]
+            line = power_ax.plot(seconds, [g["instant_power_w"] or g["power_w"] for _, g in rows],
+                                 label=f"GPU{i} instant")[0]
+            power_ax.plot(seconds, [g["limit_w"] for _, g in rows], linestyle="--", color=line.get_color(),
+                          label=f"GPU{i} limit")
+            temp_ax.plot(seconds, [g["temperature_c"] for _, g in rows], label=f"GPU{i}")
+        power_ax.legend(fontsize="small")
+        temp_ax.legend(fontsize="small")
+    power_ax.set(title="GPU power", xlabel="seconds", ylabel="W")
+    temp_ax.set(title="GPU temperature", xlabel="seconds", ylabel="°C")
+    path = host_dir / "session.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
