@@ -80,6 +80,38 @@ def attach(session: SessionId) -> None:
     raise typer.Exit(follow(session))
 
 
+@app.command()
+def setup(
+    hosts: Hosts = None,
+    inventory: InventoryOpt = None,
+    check: Annotated[bool, typer.Option("--check", help="Show what would change; change nothing.")] = False,
+) -> None:
+    """Provision hosts: training venv, power limits and boot unit, accelerate config, session and vLLM units."""
+    from runner.commands.setup import setup as run_setup
+
+    raise typer.Exit(run_setup(inventory, hosts, check))
+
+
+@app.command(name="hosts")
+def hosts_(hosts: Hosts = None, inventory: InventoryOpt = None) -> None:
+    """One table per host: GPUs, power limits (now, standing, session), temperature, processes, vLLM, venv."""
+    from runner.commands.hosts import show_hosts
+
+    raise typer.Exit(show_hosts(inventory, hosts))
+
+
+power_app = typer.Typer(help="GPU power limits and the PSU budget.", no_args_is_help=True)
+app.add_typer(power_app, name="power")
+
+
+@power_app.command("plan")
+def power_plan(hosts: Hosts = None, inventory: InventoryOpt = None) -> None:
+    """The PSU arithmetic per host for the standing and session limits, and the highest safe limits."""
+    from runner.commands.power import plan
+
+    raise typer.Exit(plan(inventory, hosts))
+
+
 def main() -> None:
     try:
         app()
