@@ -41,6 +41,15 @@ class Run:
         return counts.get(host, 0) if host else sum(counts.values())
 
 
+def failure_text(res: dict) -> str:
+    """What a failed task says: a command's own last line (e.g. 'refused: ...'), else Ansible's message."""
+    for stream in ("stdout", "stderr"):
+        lines = [line for line in str(res.get(stream) or "").splitlines() if line.strip()]
+        if "rc" in res and lines:
+            return lines[-1].strip()
+    return str(res.get("msg") or "failed").strip()
+
+
 def last_line(result) -> str:
     """The last non-empty line ansible printed, for failures that have no host event."""
     try:
@@ -67,7 +76,7 @@ def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: d
             ev = event.get("event_data", {})
             if not ev.get("ignore_errors"):
                 res = ev.get("res", {})
-                failures[ev.get("host", "?")] = str(res.get("msg") or res.get("stderr") or "failed").strip()
+                failures[ev.get("host", "?")] = failure_text(res)
         if on_event:
             on_event(event)
         return True

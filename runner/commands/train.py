@@ -117,7 +117,7 @@ def summarize(host: str, status: dict, host_dir: Path) -> None:
     summary = status.get("summary", {})
     outcome = status.get("outcome", "unknown (no status came back)")
     took = f" after {summary['duration_s']:.0f} s" if summary.get("duration_s") else ""
-    err.print(f"{host}: {outcome}{took}" + (f" ({status['error']})" if status.get("error") else ""),
+    err.print(f"{host}: {outcome}{took}" + (f": {status['error']}" if status.get("error") else ""),
               markup=False)
     losses = [loss for _, loss in status.get("losses", []) if loss is not None]
     if losses:
@@ -178,14 +178,16 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool) -> i
     results = load_results(run_dir, entry.hosts)
     for host in entry.hosts:
         if not results[host] and host in run.failures:
-            refused = run.failures[host].startswith("refused")
-            results[host] = {"outcome": "refused" if refused else "failed", "error": run.failures[host]}
+            failure = run.failures[host]
+            refused = failure.startswith("refused: ")
+            results[host] = {"outcome": "refused" if refused else "failed", "error": failure.removeprefix("refused: ")}
         summarize(host, results[host], run_dir / host)
     entry.host_outcomes = {h: r.get("outcome", "failed") for h, r in results.items()}
     entry.outcome = ledger.overall(entry.host_outcomes)
     entry.ended = time.time() if entry.outcome != "running" else None
     ledger.record(entry)
-    out.print(f"run folder: {run_dir}", markup=False)
+    if any((run_dir / host).exists() for host in entry.hosts):
+        out.print(f"run folder: {run_dir}", markup=False)
     return exit_code(results)
 
 

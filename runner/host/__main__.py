@@ -5,6 +5,7 @@
   python -m runner.host restore DIR         restore the host after DIR's session (idempotent)
   python -m runner.host status DIR          the session's status.json, plus whether its supervisor lives
   python -m runner.host pack DIR WHAT       tar the results (WHAT: adapter | all | none); prints the path
+  python -m runner.host check ROOT < JOB    preflight a job (JSON on stdin) before staging; exit 3 if refused
   python -m runner.host stop DIR            ask DIR's session to stop gracefully (checkpoint, then restore)
   python -m runner.host log DIR [OFFSET]    train.log from OFFSET, as JSON, for `runner logs`
   python -m runner.host power PROFILE       apply the standing or session profile of the power config, read back
@@ -19,7 +20,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from runner.host import inference, nvml, power
+from runner.host import inference, nvml, power, preflight
 from runner.host.lock import current_holder
 from runner.host.restore import restore
 from runner.host.status import Status
@@ -112,6 +113,18 @@ def apply_power_profile(name: str) -> int:
     return 0
 
 
+def check_job(training_root: Path) -> int:
+    """The playbook's preflight before staging: the job comes on stdin; exit 3 with the reason if refused."""
+    job = json.loads(sys.stdin.read())
+    try:
+        found = preflight.check(job, training_root, power.PowerConfig.load())
+    except preflight.Refusal as refusal:
+        print(f"refused: {refusal}")
+        return 3
+    print(found.summary())
+    return 0
+
+
 def request_stop(session_dir: Path) -> int:
     """`runner stop`: the trainer checkpoints at its next step, then the supervisor restores."""
     (session_dir / "STOP").touch()
@@ -139,6 +152,7 @@ COMMANDS = {
     "restore": lambda d, _: restore_after(d),
     "status": lambda d, _: print(json.dumps(session_status(d))) or 0,
     "stop": lambda d, _: request_stop(d),
+    "check": lambda d, _: check_job(d),
     "log": lambda d, extra: print_log(d, int(extra or 0)),
     "pack": lambda d, extra: print(pack(d, extra or "adapter")) or 0,
 }

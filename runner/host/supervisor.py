@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from runner.host import inference, launch, nvml, power, psu
+from runner.host import inference, launch, nvml, power, preflight
 from runner.host.lock import HostBusy, HostLock
+from runner.host.preflight import Refusal
 from runner.host.restore import restore
 from runner.host.status import Status, read_json, write_json
 from runner.host.telemetry import Telemetry, WatchdogLimits
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130
 STOP_GRACE_S = 600  # how long a stopping trainer may take to checkpoint before it is terminated
-MIN_FREE_DISK_GIB = 1.0
-
-
-class Refusal(Exception):
-    """A preflight check said no; nothing on the host was changed by this session."""
 
 
 class StopRequested(Exception):
@@ -132,70 +127,14 @@ class Session:
 
     def preflight(self) -> tuple[str, str]:
         """Refuse before any change: GPUs, power plan, PSU budget, dataset, disk, inference control."""
-        notes = []
-        try:
-            with nvml.nvml():
-                self.gpus = nvml.list_gpus()
-        except nvml.NvmlUnavailable as why:
-            notes.append(f"no GPU steps: {why}")
-        self._check_expected_gpus()
-        self._check_power_plan()
-        self._check_paths()
-        self._check_disk()
-        service = self.spec["inference"]["service"]
-        if service and self.spec["inference"]["mode"] == "stop":
-            if not inference.has_systemd():
-                raise Refusal(f"inference.service is '{service}' but this host has no systemd to stop it; "
-                              "set inference.mode: none")
-            self.status.update(inference_was_active=inference.is_active(service))
-        names = ", ".join(f"{g.name} ({g.uuid})" for g in self.gpus) or "none"
-        return "ok", "; ".join([f"GPUs: {names}", *notes])
-
-    def _check_expected_gpus(self) -> None:
-        expected = self.job.get("expected_gpus") or []
-        present = {g.uuid for g in self.gpus}
-        missing = [u for u in expected if u not in present]
-        if missing:
-            raise Refusal(f"GPU {', '.join(missing)} from the inventory is not on this host "
-                          f"(it has {', '.join(sorted(present)) or 'no GPUs'})")
+        found = preflight.check(self.job, self.dir.parent.parent, self.power_config)
+        self.gpus = found.gpus
+        if found.inference_active is not None:
+            self.status.update(inference_was_active=found.inference_active)
+        return "ok", found.summary()
 
     def session_profile(self) -> dict[str, float]:
-        """Watts per GPU for the session: the job's limit, else the host's session profile."""
-        limit = self.spec["power"]["limit_w"]
-        if isinstance(limit, dict):
-            return dict(limit)
-        if limit is not None:
-            return {g.uuid: float(limit) for g in self.gpus}
-        return {u: w for u, w in self.power_config.session_w.items()}
-
-    def _check_power_plan(self) -> None:
-        profile = self.session_profile()
-        if not self.gpus:
-            return
-        try:
-            power.check_profile(profile, self.gpus)
-        except power.PowerError as err:
-            raise Refusal(f"power plan refused: {err}") from None
-        if self.power_config.psu_w:
-            limits = [(g.name, profile.get(g.uuid, g.power_limit_w)) for g in self.gpus]
-            plan = psu.budget(limits, self.power_config.psu_w, self.power_config.system_w,
-                              self.power_config.margin)
-            if not plan.fits:
-                raise Refusal(f"power plan does not fit the PSU: worst case {plan.total_w:.0f} W > "
-                              f"{plan.allowed_w:.0f} W allowed; lower power.limit_w ('runner power plan' "
-                              "suggests safe limits)")
-
-    def _check_paths(self) -> None:
-        for what in ("dataset", "model"):
-            value = self.job["paths"][what]
-            if value.startswith(("/", ".", "~")) and not Path(value).expanduser().exists():
-                raise Refusal(f"{what} {value} does not exist on this host; fix '{what}' in the job file")
-
-    def _check_disk(self) -> None:
-        free_gib = shutil.disk_usage(self.dir).free / 2**30
-        if free_gib < MIN_FREE_DISK_GIB:
-            raise Refusal(f"only {free_gib:.1f} GiB free under {self.dir} for checkpoints; "
-                          f"free at least {MIN_FREE_DISK_GIB:g} GiB")
+        return preflight.session_profile(self.spec, self.gpus, self.power_config)
 
     def cap_power(self) -> tuple[str, str]:
         if not self.gpus:

@@ -133,7 +133,7 @@ def test_busy_gpu_is_refused_naming_the_pid(host):
 
 
 def test_second_session_is_refused_naming_the_holder(host):
-    first = host.session_dir(spec(train={"max_steps": 40}), "first")
+    first = host.session_dir(spec(train={"max_steps": 50000, "save_steps": 20000}), "first")
     proc = subprocess.Popen([sys.executable, "-m", "runner.host", "session", str(first)])
     try:
         deadline = time.time() + 60
@@ -149,7 +149,7 @@ def test_second_session_is_refused_naming_the_holder(host):
 
 def test_heat_stops_the_trainer_gracefully_and_restores(host):
     host.edit_state(lambda s: s["gpus"][1]["force"].update(temperature_c=95))
-    session = host.session_dir(spec(train={"max_steps": 400, "save_steps": 200},
+    session = host.session_dir(spec(train={"max_steps": 50000, "save_steps": 20000},
                                     power={"max_temperature_c": 85, "hot_grace_s": 2}))
     rc, status = host.run(session)
     assert rc == 130 and status["outcome"] == "interrupted"

@@ -1,0 +1,108 @@
+"""Preflight: every check a session makes before it changes anything on the host.
+
+Run twice: by the playbook before anything is staged (`python -m runner.host check`, the job on
+stdin), and by the supervisor at the start of the session. A failed check raises Refusal.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.host import inference, nvml, power, psu
+
+MIN_FREE_DISK_GIB = 1.0
+
+
+class Refusal(Exception):
+    """A preflight check said no; nothing on the host was changed by this session."""
+
+
+@dataclass
+class Preflight:
+    gpus: list[nvml.Gpu] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    inference_active: bool | None = None
+
+    def summary(self) -> str:
+        names = ", ".join(f"{g.name} ({g.uuid})" for g in self.gpus) or "none"
+        return "; ".join([f"GPUs: {names}", *self.notes])
+
+
+def session_profile(spec: dict, gpus: list[nvml.Gpu], config: power.PowerConfig) -> dict[str, float]:
+    """Watts per GPU for the session: the job's limit, else the host's session profile."""
+    limit = spec["power"]["limit_w"]
+    if isinstance(limit, dict):
+        return dict(limit)
+    if limit is not None:
+        return {g.uuid: float(limit) for g in gpus}
+    return dict(config.session_w)
+
+
+def check(job: dict, training_root: Path, config: power.PowerConfig) -> Preflight:
+    """All checks; returns what was found (GPUs, notes) or raises Refusal naming the problem and the fix."""
+    result = Preflight()
+    try:
+        with nvml.nvml():
+            result.gpus = nvml.list_gpus()
+    except nvml.NvmlUnavailable as why:
+        result.notes.append(f"no GPU steps: {why}")
+    spec = job["spec"]
+    check_expected_gpus(job.get("expected_gpus") or [], result.gpus)
+    check_power_plan(session_profile(spec, result.gpus, config), result.gpus, config)
+    check_paths(job["paths"])
+    check_disk(training_root)
+    result.inference_active = check_inference(spec["inference"])
+    return result
+
+
+def check_expected_gpus(expected: list[str], gpus: list[nvml.Gpu]) -> None:
+    present = {g.uuid for g in gpus}
+    missing = [u for u in expected if u not in present]
+    if missing:
+        raise Refusal(f"GPU {', '.join(missing)} from the inventory is not on this host "
+                      f"(it has {', '.join(sorted(present)) or 'no GPUs'})")
+
+
+def check_power_plan(profile: dict[str, float], gpus: list[nvml.Gpu], config: power.PowerConfig) -> None:
+    if not gpus:
+        return
+    try:
+        power.check_profile(profile, gpus)
+    except power.PowerError as err:
+        raise Refusal(f"power plan refused: {err}") from None
+    if config.psu_w:
+        limits = [(g.name, profile.get(g.uuid, g.power_limit_w)) for g in gpus]
+        plan = psu.budget(limits, config.psu_w, config.system_w, config.margin)
+        if not plan.fits:
+            raise Refusal(f"power plan does not fit the PSU: worst case {plan.total_w:.0f} W > "
+                          f"{plan.allowed_w:.0f} W allowed; lower power.limit_w ('runner power plan' "
+                          "suggests safe limits)")
+
+
+def check_paths(paths: dict[str, str]) -> None:
+    for what, value in paths.items():
+        if value.startswith(("/", "~")) and not Path(value).expanduser().exists():
+            raise Refusal(f"{what} {value} does not exist on this host; fix '{what}' in the job file")
+
+
+def check_disk(training_root: Path) -> None:
+    existing = training_root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free_gib = shutil.disk_usage(existing).free / 2**30
+    if free_gib < MIN_FREE_DISK_GIB:
+        raise Refusal(f"only {free_gib:.1f} GiB free under {training_root} for checkpoints; "
+                      f"free at least {MIN_FREE_DISK_GIB:g} GiB")
+
+
+def check_inference(inf: dict) -> bool | None:
+    """Whether the inference unit runs now (None when the session leaves inference alone)."""
+    service = inf["service"]
+    if not service or inf["mode"] != "stop":
+        return None
+    if not inference.has_systemd():
+        raise Refusal(f"inference.service is '{service}' but this host has no systemd to stop it; "
+                      "set inference.mode: none")
+    return inference.is_active(service)
