@@ -1,0 +1,115 @@
+"""setup.yml on two booted test hosts (simulated GPUs, real systemd, real vLLM): idempotence, check mode,
+standing limits after a reboot, refusals that change nothing, accelerate's own loader, strict unit checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from runner.inventory import load_inventory
+from runner.playbook import run_playbook
+
+pytestmark = pytest.mark.hosts
+
+STANDING_W = {"th1": {"GPU-3090ti00-0000-4000-8000-000000000001": 300, "GPU-40900000-0000-4000-8000-000000000002": 350},
+              "th2": {"GPU-40900000-0000-4000-8000-0000000000b1": 300}}
+SESSION_W = {"th1": {"GPU-3090ti00-0000-4000-8000-000000000001": 350, "GPU-40900000-0000-4000-8000-000000000002": 350},
+             "th2": {"GPU-40900000-0000-4000-8000-0000000000b1": 400}}
+# The hosts have no internet: the controller builds the wheelhouse; CPU torch on simulated GPUs.
+GROUP_VARS = {"train_venv_source": "wheelhouse", "train_venv_torch_variant": "cpu"}
+UNITS = ("gpu-power@standing.service", "gpu-runner-session@t1.service")
+
+
+@pytest.fixture(scope="module")
+def inventory(hosts, tmp_path_factory):
+    """The test hosts' inventory plus each host's power profiles."""
+    folder = tmp_path_factory.mktemp("inventory")
+    (folder / "hosts.ini").write_text(hosts.inventory)
+    (folder / "group_vars").mkdir()
+    (folder / "group_vars" / "all.yml").write_text(json.dumps(GROUP_VARS))
+    (folder / "host_vars").mkdir()
+    for name in hosts:
+        profiles = {"gpu_power_standing_w": STANDING_W[name], "gpu_power_session_w": SESSION_W[name]}
+        (folder / "host_vars" / f"{name}.yml").write_text(json.dumps(profiles))
+    return load_inventory(str(folder / "hosts.ini"))
+
+
+@pytest.fixture(scope="module")
+def provisioned(inventory):
+    """Setup run twice: the first run and the timed second (no-change) run."""
+    start = time.monotonic()
+    first = run_playbook("setup", inventory, inventory.hosts)
+    first_s = time.monotonic() - start
+    start = time.monotonic()
+    second = run_playbook("setup", inventory, inventory.hosts)
+    print(f"setup on 2 hosts: first run {first_s:.0f} s, no-change re-run {time.monotonic() - start:.1f} s")
+    return first, second, time.monotonic() - start
+
+
+def test_second_setup_changes_nothing(provisioned, inventory):
+    first, second, second_s = provisioned
+    for host in inventory.hosts:
+        assert second.changed(host) == 0, host
+    assert first.changed() > 0
+    assert second_s <= 30
+
+
+def test_check_diff_on_provisioned_hosts_changes_nothing(provisioned, inventory):
+    run = run_playbook("setup", inventory, inventory.hosts, check=True)
+    assert run.changed() == 0
+
+
+def test_standing_limits_come_back_after_reboot(provisioned, hosts):
+    hosts["th1"].reboot()
+    gpus = hosts["th1"].gpu_state()["gpus"]
+    assert {g["uuid"]: g["power_limit_w"] for g in gpus} == STANDING_W["th1"]
+    assert all(g["persistence_mode"] == 1 for g in gpus)
+
+
+def _host_config(host) -> str:
+    return host.ssh("cat /etc/gpu-runner/power.json; nvidia-smi --query-gpu=uuid,power.limit --format=csv").stdout
+
+
+@pytest.mark.parametrize(("host", "override", "message"), [
+    ("th2", {"gpu_power_standing_w": {"GPU-40900000-0000-4000-8000-0000000000b1": 700}},
+     "th2: standing limit 700 W for GPU GPU-40900000-0000-4000-8000-0000000000b1 (NVIDIA GeForce RTX 4090) "
+     "is outside its allowed range 150-600 W"),
+    ("th1", {"gpu_power_standing_w": {}}, "th1: the standing limits do not fit the 1500 W PSU"),
+])
+def test_bad_power_profiles_are_refused_without_change(provisioned, hosts, inventory, host, override, message):
+    before = _host_config(hosts[host])
+    run = run_playbook("setup", inventory, [host], extravars=override, raise_on_failure=False)
+    assert run.status == "failed"
+    assert message in run.failures[host]
+    assert run.changed(host) == 0
+    assert _host_config(hosts[host]) == before
+
+
+@pytest.mark.parametrize(("host", "processes", "distributed"), [("th1", 2, "MULTI_GPU"), ("th2", 1, "NO")])
+def test_accelerate_config_loads_with_accelerate(provisioned, hosts, tmp_path, host, processes, distributed):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = tmp_path / "default_config.yaml"
+    path.write_text(hosts[host].ssh("cat /root/.cache/huggingface/accelerate/default_config.yaml").stdout)
+    config = load_config_from_file(str(path))
+    assert config.num_processes == processes
+    assert str(config.distributed_type).endswith(distributed)
+    assert str(config.mixed_precision).endswith("bf16")  # cc 8.6 and 8.9
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_pass_strict_systemd_verify(provisioned, hosts, unit):
+    for host in hosts.values():
+        result = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={host.root}", unit],
+                                capture_output=True, text=True)
+        assert (result.returncode, result.stdout + result.stderr) == (0, ""), host.name
+
+
+def test_training_venv_runs_the_controllers_runner(provisioned, hosts):
+    import runner
+
+    out = hosts["th2"].ssh("/root/training/venv/bin/python -c 'import runner, torch; print(runner.__version__)'")
+    assert out.stdout.strip() == runner.__version__
