@@ -30,7 +30,7 @@ for phase in "$@"; do
     cmp1b) run 240 cmp1b $B --models 1b ;;
     seed8b) run 150 seed8b $B --one seed --model 8b ;;
     ours8b) run 240 ours8b $B --one ours --model 8b ;;
-    ours8b-nocompile) run 150 ours8b-nocompile $B --one ours --model 8b --set compile=false ;;
+    ours8b-nocompile) run 200 ours8b-nocompile $B --one ours --model 8b --set compile=false ;;
     ours8b-noliger) run 240 ours8b-noliger $B --one ours --model 8b --set liger=false ;;
     mem8b) run 240 mem8b $B --one ours --model 8b --memory-gib 24 --set max_seq_len=4096 ;;
     qlora24b) run 300 qlora24b $B --one ours --model 24b --qlora --memory-gib 24 --set max_seq_len=2048 ;;

@@ -260,7 +260,11 @@ def one_run(args: argparse.Namespace) -> dict:
         torch.cuda.empty_cache()
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(args.memory_gib * 2**30 / total, device)
-    params = sum(p.numel() * (2 if getattr(p, "quant_state", None) is not None else 1) for p in model.parameters())
+    # a 4-bit weight packs (bits of its storage element / 4) values per element
+    params = sum(
+        p.numel() * (p.element_size() * 2 if getattr(p, "quant_state", None) is not None else 1)
+        for p in model.parameters()
+    )
     max_len = dict(args.set).get("max_seq_len", 2048)
     examples = synthetic_examples(4000, SHAPES[args.model]["vocab_size"], max_len)
     if device.type == "cuda":

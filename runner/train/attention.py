@@ -8,7 +8,6 @@ package is needed. Off CUDA it computes the same thing one example at a time wit
 
 from __future__ import annotations
 
-import functools
 import inspect
 import itertools
 from typing import Any
@@ -34,6 +33,8 @@ def register_varlen_attention() -> str:
     """Make attn_implementation='varlen' known to transformers; returns the name."""
     from transformers import AttentionInterface
 
+    if torch.cuda.is_available() and varlen_kernel_available(torch.device("cuda")):
+        _KERNEL.update(_load_varlen_kernel())  # resolved here, outside any compiled region
     AttentionInterface.register(VARLEN, varlen_attention_forward)
     return VARLEN
 
@@ -81,12 +82,22 @@ def _sdpa_per_example(
     return out
 
 
+_KERNEL: dict[str, Any] = {}  # "fn": torch's varlen_attn, "params": its keyword names
+
+
+def _load_varlen_kernel() -> dict[str, Any]:
+    from torch.nn.attention.varlen import varlen_attn
+
+    # its signature changed across releases: causality, GQA and scale keywords come and go
+    return {"fn": varlen_attn, "params": frozenset(inspect.signature(varlen_attn).parameters)}
+
+
 def _flash_varlen(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, scaling: float | None
 ) -> torch.Tensor:
-    from torch.nn.attention.varlen import varlen_attn
-
-    params = _varlen_params()
+    if not _KERNEL:
+        _KERNEL.update(_load_varlen_kernel())
+    params = _KERNEL["params"]
     options: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
     if q.shape[1] != k.shape[1]:
         if "enable_gqa" in params:
@@ -98,12 +109,4 @@ def _flash_varlen(
         options["scale"] = scaling
     elif scaling is not None:  # older torch scales by 1/sqrt(D) only
         q = q * (scaling * q.shape[-1] ** 0.5)
-    return varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **options)
-
-
-@functools.cache
-def _varlen_params() -> frozenset[str]:
-    """Keyword names of the installed torch's varlen_attn (its signature changed across releases)."""
-    from torch.nn.attention.varlen import varlen_attn
-
-    return frozenset(inspect.signature(varlen_attn).parameters)
+    return _KERNEL["fn"](q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **options)

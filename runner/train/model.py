@@ -38,10 +38,13 @@ def resolve_features(cfg: TrainConfig, device: torch.device) -> Features:
         register_varlen_attention()
     if not packing and attention in ("varlen", "flash_attention_2"):
         raise ConfigError(f"train.attention {attention} needs train.packing true (padding-free rows)")
-    liger = t.liger if t.liger != AUTO else device.type == "cuda" and _installed("liger_kernel")
+    cuda = device.type == "cuda"
+    # Compiled layers fuse what Liger fuses and LoRA's small ops too (8B on an H100: compile 14.5k tokens/s,
+    # Liger 12.8k, both 13.0k: Liger's kernels do not trace). QLoRA's 4-bit matmuls stay eager.
+    compile_ = t.compile if t.compile != AUTO else cuda and cfg.method == "lora" and t.liger is not True
+    liger = t.liger if t.liger != AUTO else cuda and not compile_ and _installed("liger_kernel")
     if liger and not _installed("liger_kernel"):
         raise ConfigError("train.liger is true but liger-kernel is not installed (pip install liger-kernel)")
-    compile_ = t.compile if t.compile != AUTO else device.type == "cuda"
     return Features(attention=attention, liger=bool(liger), compile=bool(compile_), packing=packing)
 
 

@@ -148,7 +148,7 @@ def _sizing(cfg: TrainConfig, accelerator: Any, loss_model: CausalLMLoss, packin
         cfg.train,
         packing,
         accelerator.device,
-        accelerator.autocast(),
+        accelerator.autocast,
         can_probe=strategy != "fsdp",
     )
     if accelerator.num_processes == 1:

@@ -7,6 +7,7 @@ the largest row count that fits 90 % of what is free (less optimizer state) is u
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ def choose_sizing(
     settings: TrainSettings,
     packing: bool,
     device: torch.device,
-    autocast: AbstractContextManager | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
     can_probe: bool = True,
 ) -> Sizing:
     """Rows per micro-batch and checkpointing; probes on CUDA, takes the safe small choice elsewhere."""
@@ -47,7 +48,7 @@ def choose_sizing(
         if gc:
             enable_checkpointing(loss_model.model)
         return Sizing(rows, bool(gc), {})
-    probe = _Probe(loss_model, settings.max_seq_len, packing, device, autocast or nullcontext())
+    probe = _Probe(loss_model, settings.max_seq_len, packing, device, autocast)
     if checkpointing is True:
         enable_checkpointing(loss_model.model)
     first = probe.peak(fixed_rows or 1)
@@ -91,7 +92,7 @@ class _Probe:
         max_seq_len: int,
         packing: bool,
         device: torch.device,
-        autocast: AbstractContextManager,
+        autocast: Callable[[], AbstractContextManager],
     ) -> None:
         self.model, self.max_seq_len, self.packing, self.device, self.autocast = (
             loss_model,
@@ -101,6 +102,8 @@ class _Probe:
             autocast,
         )
         self.vocab = loss_model.model.get_input_embeddings().num_embeddings
+        if device.index is None:  # the memory queries need an indexed device
+            self.device = torch.device(device.type, torch.cuda.current_device())
 
     def peak(self, rows: int) -> int | None:
         """Peak bytes of one forward+backward over `rows` full-length examples; None when out of memory."""
@@ -114,7 +117,7 @@ class _Probe:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            with self.autocast:
+            with self.autocast():
                 loss = self.model(**batch)
             loss.backward()
             torch.cuda.synchronize(self.device)

@@ -66,3 +66,22 @@ def test_bad_configs_raise_one_line(raw, message):
     with pytest.raises(ConfigError, match=message) as err:
         parse_config(raw)
     assert "\n" not in str(err.value)
+
+
+def test_auto_features_on_cpu_are_plain_torch():
+    import torch
+
+    from runner.train.model import resolve_features
+
+    features = resolve_features(parse_config(BASE), torch.device("cpu"))
+    assert (features.attention, features.liger, features.compile, features.packing) == ("sdpa", False, False, True)
+
+
+def test_varlen_needs_packing():
+    import torch
+
+    from runner.train.model import resolve_features
+
+    cfg = parse_config({**BASE, "train": {"packing": False, "attention": "varlen"}})
+    with pytest.raises(ConfigError, match=r"needs train\.packing true"):
+        resolve_features(cfg, torch.device("cpu"))
