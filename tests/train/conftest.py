@@ -1,8 +1,7 @@
-"""Fixtures for trainer tests: a tiny local model (no hub), configs, and CPU settings."""
+"""Fixtures for trainer tests: configs for the tiny model (tests/conftest.py builds it) and CPU settings."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -14,17 +13,6 @@ DEMO_DATA = REPO / "examples" / "data" / "demo.jsonl"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models train several times faster on one thread
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example tiny chat model (byte-level BPE + chat template, 2-layer Llama), built once."""
-    spec = importlib.util.spec_from_file_location("make_tiny_model", REPO / "examples" / "make_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    module.main(str(out))
-    return out
 
 
 @pytest.fixture
