@@ -7,6 +7,7 @@ after the session (for a look around with `tests/hosts/testhosts ssh th1 ...`).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ GPU_STATE_FILE = "/var/lib/gpu-sim/state.json"
 VLLM_PORT = 8000
 VLLM_MODEL = "tiny-chat"
 BOOT_TIMEOUT_S = 1800  # a first run builds the golden image (minutes)
+SESSION_WAIT_S = 3600  # another pytest session on this machine may hold the hosts that long
 
 
 class TestHostError(RuntimeError):
@@ -131,13 +134,16 @@ def parse_inventory(text: str) -> dict[str, dict[str, str]]:
     return hosts
 
 
+def host_root(name: str) -> Path:
+    return Path(run_testhosts("root", name).stdout.strip())
+
+
 def boot_hosts(count: int) -> Hosts:
     """Boot th1..thCOUNT (building the golden image first if its recipe changed)."""
     run_testhosts("up", str(count), timeout=BOOT_TIMEOUT_S)
     inventory_path = STATE_DIR / "inventory.ini"
     found = parse_inventory(inventory_path.read_text())
-    hosts = {name: Host(name, hv["ansible_host"], hv["gpu_profile"], Path(run_testhosts("root", name).stdout.strip()))
-             for name, hv in found.items()}
+    hosts = {name: Host(name, hv["ansible_host"], hv["gpu_profile"], host_root(name)) for name, hv in found.items()}
     return Hosts(hosts, inventory_path)
 
 
@@ -151,18 +157,36 @@ def why_no_hosts() -> str | None:
     return None
 
 
+@contextmanager
+def hosts_to_ourselves(wait_s: float = SESSION_WAIT_S) -> Iterator[None]:
+    """Hold the hosts for this pytest session: another session here waits instead of pulling them down."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "session.lock", "w") as lock:  # released when this process ends, however
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TestHostError(f"another pytest session held the test hosts for {wait_s:.0f} s") from None
+                time.sleep(2)
+        yield
+
+
 @pytest.fixture(scope="session")
 def hosts() -> Iterator[Hosts]:
     """th1 (profile A, vLLM enabled at boot) and th2 (profile B), booted once per session."""
     reason = why_no_hosts()
     if reason:
         pytest.skip(reason)
-    run_testhosts("down", check=False)  # leftovers of a killed run
-    try:
-        yield boot_hosts(HOST_COUNT)
-    finally:
-        if not os.environ.get("TH_KEEP_HOSTS"):
-            run_testhosts("down", check=False)
+    with hosts_to_ourselves():
+        run_testhosts("down", check=False)  # leftovers of a killed run
+        try:
+            yield boot_hosts(HOST_COUNT)
+        finally:
+            if not os.environ.get("TH_KEEP_HOSTS"):
+                run_testhosts("down", check=False)
 
 
 @pytest.fixture

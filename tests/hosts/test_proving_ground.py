@@ -9,12 +9,13 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from hosts.plugin import Host, Hosts
+from hosts.plugin import Host, Hosts, run_testhosts
 
 pytestmark = pytest.mark.hosts
 
@@ -58,6 +59,15 @@ def test_hosts_boot_with_systemd_as_pid_1(hosts: Hosts) -> None:
         assert host.ssh("cat /proc/1/comm").stdout.strip() == "systemd"
         assert host.ssh("systemctl is-system-running", check=False).stdout.strip() == "running"
         assert (host.root / "etc/hostname").read_text().strip() == host.name
+
+
+def test_golden_image_is_built_once_and_shared(hosts: Hosts) -> None:
+    start = time.monotonic()
+    golden = run_testhosts("golden").stdout.strip()
+    assert time.monotonic() - start < 10  # cached: no build
+    mounts = Path("/proc/mounts").read_text()
+    for host in hosts.values():
+        assert f"lowerdir={golden}," in mounts and str(host.root) in mounts
 
 
 def test_hosts_have_no_route_out(hosts: Hosts) -> None:
@@ -133,6 +143,7 @@ def test_vllm_is_a_compute_process_until_stopped(vllm_host: Host) -> None:
     assert pid in on_gpus["NVIDIA GeForce RTX 4090"]  # profile A serves from its 4090
     vllm_host.ssh("systemctl stop vllm")
     assert all(g["pids"] == [] for g in nvml_gpus(vllm_host))
+    assert vllm_host.ssh("pgrep -u serve", check=False).returncode == 1  # no process left behind
     assert not vllm_host.vllm_healthy()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(vllm_host.url("/health"), timeout=5)
