@@ -9,6 +9,7 @@
   python -m runner.host stop DIR            ask DIR's session to stop gracefully (checkpoint, then restore)
   python -m runner.host log DIR [OFFSET]    train.log from OFFSET, as JSON, for `runner logs`
   python -m runner.host power PROFILE       apply the standing or session profile of the power config, read back
+  python -m runner.host serve ROOT ACTION   serve a session's fine-tune (apply, request JSON on stdin), list, revert
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from runner.host import inference, nvml, power, preflight
+from runner.host import inference, nvml, power, preflight, serve
 from runner.host.lock import current_holder
 from runner.host.restore import restore
 from runner.host.status import Status
@@ -155,6 +156,7 @@ COMMANDS = {
     "check": lambda d, _: check_job(d),
     "log": lambda d, extra: print_log(d, int(extra or 0)),
     "pack": lambda d, extra: print(pack(d, extra or "adapter")) or 0,
+    "serve": lambda d, extra: serve.main(d, extra or "list"),
 }
 
 
