@@ -29,6 +29,7 @@ for phase in "$@"; do
     gputests) run 240 gputests python3 -m pytest -q -m gpu tests/train -p no:cacheprovider -x ;;
     cmp1b) run 240 cmp1b $B --models 1b ;;
     cmp) run 540 cmp $B --models 1b,8b ;;
+    cmp8b) run 300 cmp8b $B --models 8b ;;
     seed8b) run 150 seed8b $B --one seed --model 8b ;;
     ours8b) run 240 ours8b $B --one ours --model 8b ;;
     ours8b-nocompile) run 200 ours8b-nocompile $B --one ours --model 8b --set compile=false ;;

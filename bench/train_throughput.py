@@ -254,7 +254,7 @@ def run_ours(args: argparse.Namespace, model: torch.nn.Module, examples: list) -
 
 
 def one_run(args: argparse.Namespace) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model = build_model(args.model, device, args.qlora)
     if args.memory_gib and device.type == "cuda":  # simulate a smaller card (after the bf16 build is gone)
         torch.cuda.empty_cache()
