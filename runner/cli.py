@@ -100,6 +100,28 @@ def hosts_(hosts: Hosts = None, inventory: InventoryOpt = None) -> None:
     raise typer.Exit(show_hosts(inventory, hosts))
 
 
+@app.command()
+def serve(
+    session: Annotated[str | None, typer.Argument(help="The session whose fine-tune to serve.")] = None,
+    adapter: Annotated[bool, typer.Option("--adapter", help="Serve the LoRA adapter on the base (default).")]
+    = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Merge onto the unquantized base and serve that.")] = False,
+    hosts: Hosts = None,
+    inventory: InventoryOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="The model name clients use (ft-<session>).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="Show what each host serves now.")] = False,
+    revert: Annotated[bool, typer.Option("--revert", help="Go back to the base configuration.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --list: print JSON.")] = False,
+    health_timeout: Annotated[int, typer.Option("--health-timeout", help="Seconds vLLM may take to be healthy.")]
+    = 600,
+) -> None:
+    """Serve a session's fine-tune with vLLM (health-gated, rolled back on failure); --list; --revert."""
+    from runner.commands.serve import serve as run_serve
+
+    raise typer.Exit(run_serve(session, adapter, merge, hosts, inventory, name, list_, revert, as_json,
+                               health_timeout))
+
+
 power_app = typer.Typer(help="GPU power limits and the PSU budget.", no_args_is_help=True)
 app.add_typer(power_app, name="power")
 

@@ -556,12 +556,12 @@ def serve(training_root: Path, request: dict) -> dict:
         took = switch(unit, render_dropin(command, f"{mode} of session {session} as {name}"), names,
                       previous_names, timeout_s)
     except ServeFailed:
-        prune_served(keep={read_record().get("session")} if unit.dropin.exists() else set())
+        prune_served(keep={read_record().get("path")} if unit.dropin.exists() else set())
         raise
     record = {"mode": "merged" if mode == "merge" else "adapter", "session": session, "name": name,
               "path": str(path), "base": served_model(unit.base_command), "since": time.time(), **extra}
     write_record(record)
-    prune_served(keep={session})
+    prune_served(keep={str(path)})
     return {**record, "changed": True, "healthy_after_s": round(took, 1), "unit": unit.name}
 
 
@@ -580,11 +580,15 @@ def revert(request: dict) -> dict:
 
 
 def prune_served(keep: set[str]) -> None:
-    """Remove served copies of sessions no longer served."""
-    if SERVE_ROOT.exists():
-        for path in SERVE_ROOT.iterdir():
-            if path.name not in keep:
-                shutil.rmtree(path, ignore_errors=True)
+    """Remove served copies (<root>/<session>/<adapter|merged>) that are not in KEEP."""
+    if not SERVE_ROOT.exists():
+        return
+    for session in SERVE_ROOT.iterdir():
+        for copy in session.iterdir() if session.is_dir() else []:
+            if str(copy) not in keep:
+                shutil.rmtree(copy, ignore_errors=True)
+        if session.is_dir() and not any(session.iterdir()):
+            session.rmdir()
 
 
 def main(training_root: Path, action: str) -> int:

@@ -232,3 +232,13 @@ def test_a_new_rank_adapter_in_the_same_session_is_merged_again(session_dir, tin
     make_adapter(tiny_model, adapter_dir, rank=16, seed=1)
     host_serve.merge(host_serve.read_adapter(adapter_dir, session_dir), "lora", first)
     assert json.loads((first / host_serve.MERGE_MARKER).read_text())["adapter_sha256"] != marker["adapter_sha256"]
+
+
+def test_prune_keeps_only_what_is_served(tmp_path, monkeypatch):
+    monkeypatch.setattr(host_serve, "SERVE_ROOT", tmp_path / "serve")
+    for copy in ("S1/adapter", "S1/merged", "S2/adapter"):
+        (tmp_path / "serve" / copy).mkdir(parents=True)
+    host_serve.prune_served(keep={str(tmp_path / "serve" / "S1" / "merged")})
+    assert [p.relative_to(tmp_path / "serve").as_posix() for p in (tmp_path / "serve").glob("*/*")] == ["S1/merged"]
+    host_serve.prune_served(keep=set())
+    assert list((tmp_path / "serve").iterdir()) == []
