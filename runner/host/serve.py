@@ -36,6 +36,8 @@ MERGE_MARKER = "gpu-runner-merge.json"
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "intermediate_size", "vocab_size")
 COMPLETION_TRIES = 3  # /health is up and the name listed, yet completions fail: a real failure, not a start
+# vLLM registers its models before it listens, so once it answers these problems will not go away
+FINAL_PROBLEMS = re.compile(r"completion answered|/v1/models lists")
 
 
 class ServeRefused(Exception):
@@ -327,7 +329,7 @@ def gate(unit: Unit, names: list[str], timeout_s: float, since: float, poll_s: f
         problems = [p for p in (inference.check_health(unit.health_url, n) for n in names) if p]
         if not problems:
             return time.monotonic() - started
-        if "completion answered" in problems[0]:  # up and listed, yet it cannot answer
+        if FINAL_PROBLEMS.search(problems[0]):  # the API is up: its model list and answers are final
             failed_completions += 1
             if failed_completions >= COMPLETION_TRIES:
                 raise inference.InferenceError(problems[0])
