@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "examples" / "models" / "tiny-chat"
 
 # The proving ground (nspawn hosts, simulated GPUs, real vLLM) registers its fixtures here.
-pytest_plugins = ["hosts.plugin"] if importlib.util.find_spec("hosts.plugin") else []
+pytest_plugins = ["hosts.plugin", "provisioning"] if importlib.util.find_spec("hosts.plugin") else []
 
 
 @pytest.fixture(scope="session")

@@ -45,10 +45,10 @@ def restore_after(session_dir: Path) -> int:
     """The stop hook's and the playbook's restore; also closes a session whose supervisor died."""
     status = Status(session_dir)
     pid = status.data.get("pid")
+    if pid and _alive(pid):  # the supervisor restores, and it alone writes status.json while it lives
+        print(json.dumps({"skipped": "the supervisor is alive and restores"}))
+        return 0
     if status.data.get("outcome") == "running":
-        if pid and _alive(pid):
-            print(json.dumps({"skipped": "the session is still running; its supervisor restores"}))
-            return 0
         status.update(outcome="interrupted", error="the supervisor ended before the session did")
     ok = restore(session_dir, status)
     print(json.dumps(status.data.get("restore", {})))

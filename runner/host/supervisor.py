@@ -54,11 +54,14 @@ class Session:
         self.gpus: list[nvml.Gpu] = []
         self.stop_reason: str | None = None
         self.power_config = power.PowerConfig.load()
+        self.result: dict = {"outcome": "failed", "error": "the session ended without an outcome"}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> int:
         (self.dir / "STOP").unlink(missing_ok=True)  # a resumed session starts without an old stop request
+        for stale in ("error", "restore", "summary", "trainer_done", "trainer_stopped"):  # from an earlier try
+            self.status.data.pop(stale, None)
         self.status.update(session_id=self.job["session_id"], host=self.job.get("host", ""), pid=os.getpid(),
                            outcome="running", started=time.time(), ended=None, phases=[])
         try:
@@ -68,10 +71,11 @@ class Session:
                     code = self._run_phases()
                 finally:
                     restored = restore(self.dir, self.status)
-                    self._write_summary()
+                    self._publish_result()
                 return code if restored else max(code, EXIT_FAILED)
         except HostBusy as busy:
             self._finish("refused", f"another session is running: {busy}")
+            self._publish_result()
             return EXIT_REFUSED
 
     def _run_phases(self) -> int:
@@ -107,7 +111,12 @@ class Session:
         self.status.end(outcome, detail)
 
     def _finish(self, outcome: str, error: str | None = None) -> None:
-        self.status.update(outcome=outcome, ended=time.time(), **({"error": error} if error else {}))
+        """Decide the outcome; it is published only after the restore, so followers see a finished host."""
+        self.result = {"outcome": outcome, "error": error} if error else {"outcome": outcome}
+
+    def _publish_result(self) -> None:
+        self.status.data.update(self.result, ended=time.time())
+        self._write_summary()
 
     def request_stop(self, reason: str) -> None:
         """Ask for a graceful stop: the trainer checkpoints at its next step, then the restore runs."""

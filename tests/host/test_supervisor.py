@@ -43,7 +43,7 @@ def host(tmp_path, sim_lib, tiny_model, monkeypatch):
     monkeypatch.setenv("RUNNER_POWER_CONFIG", str(power))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     host = Host(tmp_path / "training", state, power, tiny_model)
-    # The test hosts' real vLLM is visible in this PID namespace too: match only our own holder
+    # Test hosts' vLLM is visible in this PID namespace too: match only our own holder
     host.edit_state(lambda s: s["processes"][0].update(pattern=HOLDER))
     return host
 
@@ -58,6 +58,9 @@ class Host:
         job = {"session_id": name, "host": "localhost", "spec": validate_spec(spec).model_dump(),
                "paths": {"model": str(self.model), "dataset": str(REPO / "examples" / "data" / "demo.jsonl")}}
         (path / "job.json").write_text(json.dumps(job))
+        # Only this session's trainer counts as a GPU process (its command line names its train.json),
+        # not trainers on the test hosts, which this PID namespace sees too
+        self.edit_state(lambda s: s["processes"][1].update(pattern=str(path / "train.json")))
         return path
 
     def run(self, session: Path, timeout: float = 300) -> tuple[int, dict]:

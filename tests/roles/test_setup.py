@@ -3,58 +3,23 @@ standing limits after a reboot, refusals that change nothing, accelerate's own l
 
 from __future__ import annotations
 
-import json
 import subprocess
-import time
 
 import pytest
+from provisioning import STANDING_W
 
-from runner.inventory import load_inventory
 from runner.playbook import run_playbook
 
 pytestmark = pytest.mark.hosts
 
-STANDING_W = {"th1": {"GPU-3090ti00-0000-4000-8000-000000000001": 300, "GPU-40900000-0000-4000-8000-000000000002": 350},
-              "th2": {"GPU-40900000-0000-4000-8000-0000000000b1": 300}}
-SESSION_W = {"th1": {"GPU-3090ti00-0000-4000-8000-000000000001": 350, "GPU-40900000-0000-4000-8000-000000000002": 350},
-             "th2": {"GPU-40900000-0000-4000-8000-0000000000b1": 400}}
-# The hosts have no internet: the controller builds the wheelhouse; CPU torch on simulated GPUs.
-GROUP_VARS = {"train_venv_source": "wheelhouse", "train_venv_torch_variant": "cpu"}
 UNITS = ("gpu-power@standing.service", "gpu-runner-session@t1.service")
 
 
-@pytest.fixture(scope="module")
-def inventory(hosts, tmp_path_factory):
-    """The test hosts' inventory plus each host's power profiles."""
-    folder = tmp_path_factory.mktemp("inventory")
-    (folder / "hosts.ini").write_text(hosts.inventory)
-    (folder / "group_vars").mkdir()
-    (folder / "group_vars" / "all.yml").write_text(json.dumps(GROUP_VARS))
-    (folder / "host_vars").mkdir()
-    for name in hosts:
-        profiles = {"gpu_power_standing_w": STANDING_W[name], "gpu_power_session_w": SESSION_W[name]}
-        (folder / "host_vars" / f"{name}.yml").write_text(json.dumps(profiles))
-    return load_inventory(str(folder / "hosts.ini"))
-
-
-@pytest.fixture(scope="module")
-def provisioned(inventory):
-    """Setup run twice: the first run and the timed second (no-change) run."""
-    start = time.monotonic()
-    first = run_playbook("setup", inventory, inventory.hosts)
-    first_s = time.monotonic() - start
-    start = time.monotonic()
-    second = run_playbook("setup", inventory, inventory.hosts)
-    print(f"setup on 2 hosts: first run {first_s:.0f} s, no-change re-run {time.monotonic() - start:.1f} s")
-    return first, second, time.monotonic() - start
-
-
 def test_second_setup_changes_nothing(provisioned, inventory):
-    first, second, second_s = provisioned
     for host in inventory.hosts:
-        assert second.changed(host) == 0, host
-    assert first.changed() > 0
-    assert second_s <= 30
+        assert provisioned.second.changed(host) == 0, host
+    assert provisioned.first.changed() > 0
+    assert provisioned.second_s <= 30
 
 
 def test_check_diff_on_provisioned_hosts_changes_nothing(provisioned, inventory):
