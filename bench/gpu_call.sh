@@ -26,7 +26,7 @@ for phase in "$@"; do
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
       python3 -c "import torch, transformers, peft, accelerate, triton; print(torch.__version__, torch.version.cuda, transformers.__version__, peft.__version__, accelerate.__version__, triton.__version__)"
       python3 -c "import inspect; from torch.nn.attention.varlen import varlen_attn; print(inspect.signature(varlen_attn))" ;;
-    gputests) run 240 gputests python3 -m pytest -q -m gpu tests/train -p no:cacheprovider -x ;;
+    gputests) run 420 gputests python3 -m pytest -q -m gpu tests/train -p no:cacheprovider -p no:provisioning -p no:hosts.plugin -rs ;;
     cmp1b) run 240 cmp1b $B --models 1b ;;
     cmp) run 540 cmp $B --models 1b,8b ;;
     cmp8b) run 300 cmp8b $B --models 8b ;;

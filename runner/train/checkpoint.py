@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+TRAINABLE_FILE = "trainable.safetensors"  # FSDP only: full trainable tensors by the wrapped module's names
 KEEP = 2
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -46,11 +47,17 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    adapter = adapter_state_dict(accelerator, wrapped)
+    sharded = is_fsdp(accelerator)
+    trainable = gather_trainable(wrapped) if sharded else None  # collectives: every rank takes part
+    optimizer_state = gather_optimizer_state(wrapped, optimizer) if sharded else optimizer.state_dict()
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        peft_model.save_pretrained(tmp, state_dict=adapter, save_embedding_layers=False)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        peft_model.save_pretrained(tmp, state_dict=_peft_keys(trainable), save_embedding_layers=False)
+        if trainable is not None:
+            from safetensors.torch import save_file
+
+            save_file(trainable, tmp / TRAINABLE_FILE)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -62,16 +69,21 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, peft_model: nn.Module, optimizer: Any, scheduler: Any, rank: int) -> dict[str, Any]:
+def load_checkpoint(
+    accelerator: Any, path: Path, wrapped: nn.Module, peft_model: nn.Module, optimizer: Any, scheduler: Any
+) -> dict[str, Any]:
     """Restore adapter weights, optimizer, scheduler and this rank's RNG; returns the saved trainer state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    if is_fsdp(accelerator):
+        _load_sharded(accelerator, path, wrapped, optimizer)
+    else:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
 
-    device = next(p.device for p in peft_model.parameters() if p.requires_grad)
-    set_peft_model_state_dict(peft_model, load_file(path / "adapter_model.safetensors", device=str(device)))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        device = next(p.device for p in peft_model.parameters() if p.requires_grad)
+        set_peft_model_state_dict(peft_model, load_file(path / "adapter_model.safetensors", device=str(device)))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng_file = path / f"rng-{rank}.pt"
+    rng_file = path / f"rng-{accelerator.process_index}.pt"
     if rng_file.is_file():
         rng = torch.load(rng_file, weights_only=True)
         torch.set_rng_state(rng["cpu"])
@@ -86,10 +98,10 @@ def save_adapter(
     """The final PEFT adapter (+ tokenizer) at output_dir/adapter; all ranks call this."""
     final = Path(output_dir) / "adapter"
     tmp = final.with_name(".tmp-adapter")
-    adapter = adapter_state_dict(accelerator, wrapped)
+    trainable = gather_trainable(wrapped) if is_fsdp(accelerator) else None
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        peft_model.save_pretrained(tmp, state_dict=adapter, save_embedding_layers=False)
+        peft_model.save_pretrained(tmp, state_dict=_peft_keys(trainable), save_embedding_layers=False)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _replace(tmp, final)
@@ -97,15 +109,55 @@ def save_adapter(
     return final
 
 
-def adapter_state_dict(accelerator: Any, wrapped: nn.Module) -> dict[str, torch.Tensor] | None:
-    """Under FSDP the shards are gathered (a collective: all ranks call); otherwise PEFT reads its own."""
+def is_fsdp(accelerator: Any) -> bool:
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type != DistributedType.FSDP:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def gather_trainable(wrapped: nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the trainable (LoRA) tensors, keyed by the wrapped module's names; a collective.
+
+    Only these small tensors are gathered: frozen (possibly 4-bit) base weights stay sharded.
+    """
+    gathered = {}
+    for name, param in wrapped.named_parameters():  # the same order on every rank
+        if param.requires_grad:
+            full = param.full_tensor() if hasattr(param, "full_tensor") else param  # FSDP2 shards are DTensors
+            gathered[name] = full.detach().to("cpu", copy=True).contiguous()
+    return gathered
+
+
+def gather_optimizer_state(wrapped: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """The full optimizer state on rank 0 (empty elsewhere), keyed by parameter name; a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    return get_optimizer_state_dict(wrapped, inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _load_sharded(accelerator: Any, path: Path, wrapped: nn.Module, optimizer: Any) -> None:
+    """Rank 0 reads the full trainable and optimizer state; FSDP scatters it to the shards."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    main = accelerator.is_main_process
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(wrapped, load_file(path / TRAINABLE_FILE) if main else {}, options=options)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    state = torch.load(path / "optimizer.pt", weights_only=True) if main else {}
+    set_optimizer_state_dict(wrapped, inner, state, options=options)
+
+
+def _peft_keys(trainable: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """The wrapped module's names as PEFT's (CausalLMLoss holds the PEFT model as .model); None: PEFT reads its own."""
+    if trainable is None:
         return None
-    full = accelerator.get_state_dict(wrapped)
-    prefix = "model."  # CausalLMLoss holds the PEFT model as .model
-    return {k[len(prefix) :]: v for k, v in full.items() if "lora_" in k}
+    return {k.removeprefix("model."): v for k, v in trainable.items()}
 
 
 def _replace(tmp: Path, final: Path) -> None:

@@ -110,7 +110,7 @@ class Trainer:
         path = latest_checkpoint(self.output_dir)
         if path is None:
             return None
-        state = load_checkpoint(path, self.peft_model, self.optimizer, self.scheduler, self.accelerator.process_index)
+        state = load_checkpoint(self.accelerator, path, self.wrapped, self.peft_model, self.optimizer, self.scheduler)
         self.step = state["step"]
         log.info("resumed from %s at step %d", path, self.step)
         return path

@@ -27,7 +27,7 @@ class Features:
     packing: bool
 
 
-def resolve_features(cfg: TrainConfig, device: torch.device) -> Features:
+def resolve_features(cfg: TrainConfig, device: torch.device, sharded: bool = False) -> Features:
     """Turn "auto" into concrete choices: fast paths on CUDA where installed, plain torch on CPU."""
     t = cfg.train
     packing = t.packing if t.packing != AUTO else True
@@ -40,8 +40,9 @@ def resolve_features(cfg: TrainConfig, device: torch.device) -> Features:
         raise ConfigError(f"train.attention {attention} needs train.packing true (padding-free rows)")
     cuda = device.type == "cuda"
     # Compiled layers fuse what Liger fuses and LoRA's small ops too (8B on an H100: compile 14.5k tokens/s,
-    # Liger 12.8k, both 13.0k: Liger's kernels do not trace). QLoRA's 4-bit matmuls stay eager.
-    compile_ = t.compile if t.compile != AUTO else cuda and cfg.method == "lora" and t.liger is not True
+    # Liger 12.8k, both 13.0k: Liger's kernels do not trace).
+    # QLoRA's 4-bit matmuls and FSDP's sharded parameters stay eager.
+    compile_ = t.compile if t.compile != AUTO else cuda and cfg.method == "lora" and not sharded and t.liger is not True
     liger = t.liger if t.liger != AUTO else cuda and not compile_ and _installed("liger_kernel")
     if liger and not _installed("liger_kernel"):
         raise ConfigError("train.liger is true but liger-kernel is not installed (pip install liger-kernel)")
@@ -84,7 +85,7 @@ def load_base_model(
     if cfg.method == "qlora":
         kwargs["quantization_config"] = qlora_quantization(dtype)
         if not fsdp:
-            kwargs["device_map"] = {"": device}
+            kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
     if cfg.method != "qlora" and not fsdp:
         model.to(device)
@@ -162,6 +163,7 @@ class CausalLMLoss(nn.Module):
         super().__init__()
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._no_split_modules = getattr(base, "_no_split_modules", None)  # FSDP wraps these layer classes
         head = base.get_output_embeddings()
         softcap = getattr(base.config, "final_logit_softcapping", None) or getattr(base.config, "logit_scale", None)
         # A LoRA-wrapped or scaled head needs the model's own logits

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .checkpoint import STATE_FILE, latest_checkpoint
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import Example, read_records, tokenize_records
 from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, total_steps
 from .metrics import Metrics, setup_logging
@@ -64,8 +64,10 @@ def run_session(
     stop = StopRequest(cfg.stop_file)
     device = accelerator.device
     strategy = strategy_name(accelerator)
+    if strategy == "fsdp" and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+        raise ConfigError("FSDP training needs fsdp_version: 2 in the accelerate config")
     set_seed(cfg.train.seed)
-    features = resolve_features(cfg, device)
+    features = resolve_features(cfg, device, sharded=strategy == "fsdp")
     tokenizer, dropped = None, 0
     if examples is None:
         tokenizer = load_tokenizer(cfg)

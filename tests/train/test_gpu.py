@@ -48,3 +48,59 @@ def test_training_on_gpu_uses_the_fast_paths(write_config, metrics, monkeypatch)
     assert start["attention"] == "varlen" and start["compile"] is True and start["packing"] is True
     assert start["gradient_checkpointing"] is False  # a tiny model never needs it
     assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_qlora_loads_4bit_and_trains(write_config, metrics, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    from runner.train.config import load_config
+    from runner.train.session import run_session
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    outcome = run_session(load_config(write_config({"max_steps": 6}, method="qlora")))
+    start = metrics()[0]
+    steps = [r for r in metrics() if "loss" in r]
+    assert outcome.status == "done" and start["method"] == "qlora" and start["compile"] is False
+    assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+FSDP_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+mixed_precision: bf16
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_reshard_after_forward: true
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_cpu_ram_efficient_loading: false
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp-qlora"])
+def test_two_gpus_train_stop_and_resume(write_config, metrics, tmp_path, strategy):
+    from launching import finish, launch, stop_after_first_step
+
+    if strategy == "fsdp-qlora":
+        pytest.importorskip("bitsandbytes")
+    if strategy == "ddp":
+        args = ("--multi_gpu", "--mixed_precision", "bf16")
+    else:
+        (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
+        args = ("--config_file", str(tmp_path / "fsdp.yaml"))
+    method = "qlora" if strategy == "fsdp-qlora" else "lora"
+    config = write_config({"max_steps": 40, "save_steps": 100}, method=method)
+    proc = launch(config, processes=2, accelerate_args=args)
+    stop_after_first_step(proc, metrics, (tmp_path / "STOP").touch)
+    finish(proc)
+    records = metrics()
+    assert records[0]["world_size"] == 2 and records[0]["strategy"] == strategy.split("-")[0]
+    stopped = [r for r in records if r.get("event") == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["step"] < 40
+
+    (tmp_path / "STOP").unlink()
+    finish(launch(config, processes=2, accelerate_args=args))
+    done = metrics()[-1]
+    assert done["event"] == "done" and done["steps"] == 40
+    assert [r for r in metrics() if r.get("event") == "start"][-1]["start_step"] == stopped[0]["step"]
+    steps = [r for r in metrics() if "loss" in r]
+    assert steps[-1]["loss"] < steps[0]["loss"]

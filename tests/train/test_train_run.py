@@ -2,57 +2,12 @@
 
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from launching import finish, launch, stop_after_first_step
 from safetensors.torch import load_file
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def launch(config: Path, processes: int = 1) -> subprocess.Popen:
-    if processes == 1:
-        cmd = [sys.executable, "-m", "runner.train", str(config)]
-    else:  # --cpu --num_processes 2 would silently run one process; this really runs two (gloo)
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "0",
-            "-m",
-            "runner.train",
-            str(config),
-        ]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
-def stop_after_first_step(proc: subprocess.Popen, metrics, how) -> None:
-    """Ask for a stop as soon as step 1 is logged (the run has many more steps to go)."""
-    deadline = time.monotonic() + 120
-    while not any(r.get("step") for r in metrics()):
-        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first step"
-        time.sleep(0.005)
-    how()
 
 
 def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
