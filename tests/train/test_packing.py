@@ -124,3 +124,12 @@ def test_plan_splits_steps_over_ranks_and_pads_the_last():
     assert sum(len(b) for w in last for b in w.micro_batches) == 3  # 7 examples, 4 per step
     assert [] in last[0].micro_batches + last[1].micro_batches  # a filler keeps ranks in step
     assert last[0].trained_tokens == last[1].trained_tokens == 3 * 3
+
+
+def test_unfused_head_path_gives_the_same_loss(tiny_model):
+    """Models whose head cannot be fused (LoRA on lm_head, soft-capped logits) take the logits path."""
+    model = lora_model(tiny_model, "sdpa")
+    batch = collate_packed(make_examples(model.model.get_input_embeddings().num_embeddings))
+    fused = model(**batch)
+    model.fused = False
+    torch.testing.assert_close(model(**batch), fused, rtol=1e-5, atol=1e-5)
