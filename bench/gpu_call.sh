@@ -11,6 +11,8 @@ else
   export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+# NVLink multicast off in every process (it can take a shared host's GPUs out of service)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 log() { echo "== $(date +%T) $*"; }
 run() {  # run LIMIT_S NAME CMD...: time-boxed, output kept in $OUT/NAME.log
   local limit=$1 name=$2; shift 2
@@ -36,6 +38,7 @@ for phase in "$@"; do
     ours8b-noliger) run 240 ours8b-noliger $B --one ours --model 8b --set liger=false ;;
     mem8b) run 240 mem8b $B --one ours --model 8b --memory-gib 24 --set max_seq_len=4096 ;;
     qlora24b) run 300 qlora24b $B --one ours --model 24b --qlora --memory-gib 24 --set max_seq_len=2048 ;;
+    multigpu) run 400 multigpu python3 bench/multi_gpu.py --out $OUT --phases ddp,fsdp,auto --deadline 390 ;;  # 2+ GPUs
     *) echo "unknown phase $phase" ;;
   esac
 done

@@ -12,6 +12,9 @@ Run:  python bench/train_throughput.py --models 1b,8b --out /tmp/bench
       python bench/train_throughput.py --one ours --model 8b --set liger=false --set compile=false
       python bench/train_throughput.py --one ours --model 24b --qlora --memory-gib 24 --set max_seq_len=2048
       python bench/train_throughput.py --models tiny          (CPU smoke test)
+      accelerate launch --config_file CFG.yaml bench/train_throughput.py --one ours --model 8b --steps 4,8
+      (several ranks, one GPU each: each trains its own share of the examples; tokens/s is over all ranks,
+      and rank 0 prints the JSON line with every rank's peak memory; bench/multi_gpu.py drives this)
 """
 
 from __future__ import annotations
@@ -220,7 +223,7 @@ def run_ours(args: argparse.Namespace, model: torch.nn.Module, examples: list) -
     from runner.train.config import parse_config
     from runner.train.session import run_session
 
-    warm, timed = OUR_STEPS
+    warm, timed = args.steps or OUR_STEPS
     os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "bf16" if torch.cuda.is_available() else "no")
     train = {"max_steps": warm + timed, "max_seq_len": 2048, "save_steps": 10**6, **dict(args.set)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -237,6 +240,8 @@ def run_ours(args: argparse.Namespace, model: torch.nn.Module, examples: list) -
             }
         )
         run_session(cfg, model=model, examples=examples)
+        if not metrics.exists():  # only rank 0 writes metrics
+            return {}
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
     start = next(r for r in records if r.get("event") == "start")
     steps = [r for r in records if "step" in r and "event" not in r]
@@ -253,7 +258,9 @@ def run_ours(args: argparse.Namespace, model: torch.nn.Module, examples: list) -
     }
 
 
-def one_run(args: argparse.Namespace) -> dict:
+def one_run(args: argparse.Namespace) -> dict | None:
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:  # launched: one GPU per rank
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model = build_model(args.model, device, args.qlora)
     if args.memory_gib and device.type == "cuda":  # simulate a smaller card (after the bf16 build is gone)
@@ -269,7 +276,16 @@ def one_run(args: argparse.Namespace) -> dict:
     examples = synthetic_examples(4000, SHAPES[args.model]["vocab_size"], max_len)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    training_peak = watch_training_peak(device)
     result = (run_seed if args.one == "seed" else run_ours)(args, model, examples)
+    ranks = gather_ranks(
+        {
+            **training_peak(),
+            "device": str(device),
+        }
+    )
+    if not result:
+        return None
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
     return {
@@ -277,14 +293,54 @@ def one_run(args: argparse.Namespace) -> dict:
         "model": args.model,
         "qlora": args.qlora,
         **result,
-        "mfu": round(4 * params * result["tokens_per_s"] / (peak * 1e12), 4) if peak else None,
-        "mfu_basis": f"4 x {params / 1e9:.2f}B params x tokens/s over {peak} TFLOP/s" if peak else None,
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "mfu": round(4 * params * result["tokens_per_s"] / (len(ranks) * peak * 1e12), 4) if peak else None,
+        "mfu_basis": f"4 x {params / 1e9:.2f}B params x tokens/s over {len(ranks)} x {peak} TFLOP/s" if peak else None,
+        "peak_mem_gib": ranks[0]["peak_mem_gib"],
         "memory_limit_gib": args.memory_gib,
+        "world_size": len(ranks),
+        "ranks": ranks,
         "gpu": gpu,
         **versions(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def watch_training_peak(device: torch.device):
+    """Memory held when training starts (after sizing and sharding) and its peak from there; returns a reader."""
+    from runner.train.loop import Trainer
+
+    seen: dict[str, float] = {}
+    if device.type != "cuda":
+        return lambda: {"peak_mem_gib": None}
+    run = Trainer.run
+
+    def run_from_a_clean_peak(self):
+        seen["setup_peak"] = torch.cuda.max_memory_allocated(device)  # sizing probe, sharding
+        torch.cuda.reset_peak_memory_stats(device)
+        seen["train_start"] = torch.cuda.memory_allocated(device)
+        try:
+            return run(self)
+        finally:
+            seen["train_peak"] = torch.cuda.max_memory_allocated(device)
+
+    Trainer.run = run_from_a_clean_peak
+
+    def read() -> dict:
+        found = {f"{k}_mem_gib": round(v / 2**30, 2) for k, v in seen.items()}
+        return {"peak_mem_gib": max(found.values(), default=None), **found}
+
+    return read
+
+
+def gather_ranks(mine: dict) -> list[dict]:
+    """Every rank's dict, in rank order (just this one's when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
 
 
 def versions() -> dict:
@@ -341,6 +397,11 @@ def parse_setting(text: str) -> tuple[str, object]:
         return key, value
 
 
+def parse_steps(text: str) -> tuple[int, int]:
+    warm, timed = (int(n) for n in text.split(","))
+    return warm, timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="1b,8b", help="comma-separated shapes to compare")
@@ -349,10 +410,13 @@ def main() -> None:
     parser.add_argument("--qlora", action="store_true", help="NF4 base weights (needs bitsandbytes)")
     parser.add_argument("--memory-gib", type=float, help="cap this process's GPU memory (simulates a smaller card)")
     parser.add_argument("--set", action="append", type=parse_setting, default=[], help="train.KEY=VALUE for ours")
+    parser.add_argument("--steps", type=parse_steps, help="WARM,TIMED optimizer steps for ours (default 4,12)")
     parser.add_argument("--out", help="folder for results.jsonl")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_run(args)), flush=True)
+        result = one_run(args)
+        if result is not None:  # rank 0 only
+            print(json.dumps(result), flush=True)
     else:
         compare(args)
 
