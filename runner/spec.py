@@ -95,6 +95,8 @@ class JobSpec(Section):
     dataset: Annotated[str, Field(min_length=1)]
     format: Literal["auto", "chat", "instruction", "text"] = "auto"
     method: Literal["lora", "qlora"] = "lora"
+    # auto: DDP where the base weights fit the smallest GPU, FSDP (pooled VRAM) where they do not
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     trust_remote_code: bool = False  # model repos can ship code; off unless the job says so
     lora: LoraSection = LoraSection()
     train: TrainSection = TrainSection()

@@ -20,9 +20,12 @@ A_4090 = "GPU-40900000-0000-4000-8000-000000000002"
 B_4090 = "GPU-40900000-0000-4000-8000-0000000000b1"
 STANDING_W = {"th1": {A_3090TI: 300, A_4090: 350}, "th2": {B_4090: 300}}
 SESSION_W = {"th1": {A_3090TI: 350, A_4090: 350}, "th2": {B_4090: 400}}
+# Sessions and the venv in a root-owned tree the trainer user can traverse but not change.
+SESSIONS_ROOT = "/var/lib/gpu-runner"
 # The hosts have no internet: the controller builds the wheelhouse; CPU torch on simulated GPUs.
+# The simulated NVML keeps its state in a file the supervisor's unit must be allowed to write.
 GROUP_VARS = {"train_venv_source": "wheelhouse", "train_venv_torch_variant": "cpu",
-              "train_session_python": "/root/training/venv/bin/python", "train_session_root": "/root/training"}
+              "train_session_python": f"{SESSIONS_ROOT}/venv/bin/python", "train_session_root": SESSIONS_ROOT}
 
 
 @dataclass

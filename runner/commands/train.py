@@ -182,6 +182,9 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool) -> i
             refused = failure.startswith("refused: ")
             results[host] = {"outcome": "refused" if refused else "failed", "error": failure.removeprefix("refused: ")}
         summarize(host, results[host], run_dir / host)
+    if plan["job"]["spec"].get("trust_remote_code"):
+        err.print("Note: trust_remote_code was ON: the model repository's own code ran on the hosts.",
+                  style="yellow", markup=False)
     entry.host_outcomes = {h: r.get("outcome", "failed") for h, r in results.items()}
     entry.outcome = ledger.overall(entry.host_outcomes)
     entry.ended = time.time() if entry.outcome != "running" else None

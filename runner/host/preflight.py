@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.host import inference, nvml, power, psu
+from runner.host.strategy import choose_strategy
 
 MIN_FREE_DISK_GIB = 1.0
 
@@ -24,10 +25,12 @@ class Preflight:
     gpus: list[nvml.Gpu] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     inference_active: bool | None = None
+    strategy: str = "ddp"
+    strategy_reason: str = ""
 
     def summary(self) -> str:
         names = ", ".join(f"{g.name} ({g.uuid})" for g in self.gpus) or "none"
-        return "; ".join([f"GPUs: {names}", *self.notes])
+        return "; ".join([f"GPUs: {names}", *self.notes, *([self.strategy_reason] if self.strategy_reason else [])])
 
 
 def session_profile(spec: dict, gpus: list[nvml.Gpu], config: power.PowerConfig) -> dict[str, float]:
@@ -54,7 +57,21 @@ def check(job: dict, training_root: Path, config: power.PowerConfig) -> Prefligh
     check_paths(job["paths"])
     check_disk(training_root)
     result.inference_active = check_inference(spec["inference"])
+    result.strategy, result.strategy_reason = pick_strategy(spec, job["paths"]["model"], result.gpus)
     return result
+
+
+def pick_strategy(spec: dict, model: str, gpus: list[nvml.Gpu]) -> tuple[str, str]:
+    """DDP or FSDP across this host's GPUs, and why; the job may set it."""
+    wanted = spec.get("strategy", "auto")
+    if len(gpus) < 2:
+        return "ddp", ""
+    if wanted != "auto":
+        return wanted, f"{wanted}: set by the job"
+    if not Path(model).is_dir():
+        return "ddp", "ddp: the model's size is not known on the host yet; set strategy: fsdp if it needs pooling"
+    chosen = choose_strategy(model, spec["method"], [g.memory_total_mib / 1024 for g in gpus])
+    return chosen.name, chosen.reason
 
 
 def check_expected_gpus(expected: list[str], gpus: list[nvml.Gpu]) -> None:

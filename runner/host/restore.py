@@ -11,7 +11,7 @@ import fcntl
 import time
 from pathlib import Path
 
-from runner.host import inference, nvml, power
+from runner.host import inference, launch, nvml, power
 from runner.host.status import Status, read_json
 
 
@@ -24,7 +24,7 @@ def restore(session_dir: Path, status: Status | None = None) -> bool:
         status.data = read_json(status.path) or status.data
         record: dict = {"started": time.time()}
         problems = []
-        for name, step in (("power", restore_power), ("inference", restore_inference)):
+        for name, step in (("trainer", stop_trainer), ("power", restore_power), ("inference", restore_inference)):
             try:
                 record[name] = step(session_dir, spec, status, record)
             except (power.PowerError, inference.InferenceError, nvml.NvmlUnavailable, OSError) as err:
@@ -33,6 +33,17 @@ def restore(session_dir: Path, status: Status | None = None) -> bool:
         record.update(ended=time.time(), ok=not problems)
         status.update(restore=record)
     return not problems
+
+
+def stop_trainer(session_dir: Path, _spec: dict, _status: Status, _record: dict) -> str:
+    """A trainer unit outliving its supervisor (killed, say) is stopped before the GPUs are handed back."""
+    (session_dir / "trainer.env").unlink(missing_ok=True)  # it may hold the HF token: gone with the trainer
+    unit = f"gpu-runner-trainer@{session_dir.name}.service"
+    if not (inference.has_systemd() and launch.TRAINER_UNIT.exists()) or not inference.is_active(unit):
+        return "not running"
+    inference.systemctl("stop", unit)
+    (session_dir / "trainer.env").unlink(missing_ok=True)
+    return f"stopped {unit}"
 
 
 def restore_power(session_dir: Path, _spec: dict, _status: Status, _record: dict) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,9 +32,14 @@ def lock_path(session_dir: Path) -> Path:
     return session_dir.parent.parent / "session.lock"  # ~/training/session.lock: one per host
 
 
-def token_from_file(session_dir: Path) -> str | None:
+def take_token(session_dir: Path) -> str | None:
+    """The HF token the playbook staged (0600): read once and removed, so it rests in one file at most."""
     path = session_dir / "hf_token"
-    return path.read_text().strip() or None if path.exists() else None
+    if not path.exists():
+        return None
+    token = path.read_text().strip()
+    path.unlink()
+    return token or None
 
 
 def resolve_path(value: str, session_dir: Path) -> str:
@@ -197,8 +201,7 @@ class Session:
             telemetry.start()
         try:
             trainer = launch.start_trainer(self.job, self.dir, [g.name for g in self.gpus],
-                                           token_from_file(self.dir))
-            self.status.update(trainer_pid=trainer.pid)
+                                           take_token(self.dir))
             rc = self._follow(trainer, telemetry)
         finally:
             if telemetry:
@@ -206,7 +209,7 @@ class Session:
                 self.status.update(gpu_peaks=telemetry.summary())
         return self._train_outcome(rc)
 
-    def _follow(self, trainer: subprocess.Popen, telemetry: Telemetry | None) -> int:
+    def _follow(self, trainer: launch.ProcessTrainer | launch.UnitTrainer, telemetry: Telemetry | None) -> int:
         """Mirror the trainer's metrics into status.json until it exits; escalate a stop that stalls."""
         metrics = self.dir / "metrics.jsonl"
         offset, stop_seen = 0, None
@@ -220,7 +223,7 @@ class Session:
             if self.stop_reason and stop_seen is None:
                 stop_seen = time.monotonic()
             if stop_seen and time.monotonic() - stop_seen > STOP_GRACE_S:
-                os.killpg(trainer.pid, signal.SIGTERM)
+                trainer.terminate()
                 stop_seen = time.monotonic() + STOP_GRACE_S  # SIGKILL one grace period later
             time.sleep(1)
 

@@ -99,6 +99,7 @@ def test_session_caps_trains_samples_and_restores(host):
     assert rc == 0, (session / "train.log").read_text()[-2000:]
     assert status["outcome"] == "succeeded"
     assert phase(status, "power")["outcome"] == "ok"
+    assert "ddp: 16-bit weights" in phase(status, "preflight")["detail"]  # the tiny model fits each GPU
     assert status["power_session_w"] == {A_3090TI: 300, A_4090: 300}
     assert status["restore"]["ok"] and host.limits_w() == {A_3090TI: 450, A_4090: 450}
     samples = [json.loads(line) for line in (session / "telemetry.jsonl").read_text().splitlines()]

@@ -76,5 +76,5 @@ def test_units_pass_strict_systemd_verify(provisioned, hosts, unit):
 def test_training_venv_runs_the_controllers_runner(provisioned, hosts):
     import runner
 
-    out = hosts["th2"].ssh("/root/training/venv/bin/python -c 'import runner, torch; print(runner.__version__)'")
+    out = hosts["th2"].ssh("/var/lib/gpu-runner/venv/bin/python -c 'import runner, torch; print(runner.__version__)'")
     assert out.stdout.strip() == runner.__version__
