@@ -69,21 +69,61 @@ def max_lora_rank(rank: int) -> int | None:
     return next((allowed for allowed in ALLOWED_LORA_RANKS if allowed >= rank), None)
 
 
-def check_safetensors(path: Path) -> None:
-    """The header parses and every tensor lies inside the file (a truncated or garbled file does not)."""
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """Tensor name -> {dtype, shape, data_offsets}; raises ValueError for a truncated or garbled file."""
     size = path.stat().st_size
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > size - 8:
+            raise ValueError(f"header of {header_len} bytes in a {size}-byte file")
+        header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    data = size - 8 - header_len
+    for name, tensor in header.items():
+        if tensor["data_offsets"][1] > data:
+            raise ValueError(f"tensor {name} ends past the end of the file")
+    return header
+
+
+def check_safetensors(path: Path) -> dict[str, dict]:
+    """The header parses and every tensor lies inside the file; returns the header."""
     try:
-        with path.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > size - 8:
-                raise ValueError(f"header of {header_len} bytes in a {size}-byte file")
-            header = json.loads(f.read(header_len))
-        data = size - 8 - header_len
-        for name, tensor in header.items():
-            if name != "__metadata__" and tensor["data_offsets"][1] > data:
-                raise ValueError(f"tensor {name} ends past the end of the file")
+        return safetensors_header(path)
     except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as err:
         raise ServeRefused(f"{path} is corrupt ({err}); train again or copy the adapter again") from None
+
+
+def model_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """Every weight's shape in a local safetensors model (headers only); {} when it is not local."""
+    shapes: dict[str, list[int]] = {}
+    for file in sorted(model_dir.glob("*.safetensors")) if model_dir.is_dir() else []:
+        try:
+            shapes.update({name: t["shape"] for name, t in safetensors_header(file).items()})
+        except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError):
+            continue
+    return shapes
+
+
+def check_shapes(adapter_weights: Path, served_model: str) -> None:
+    """lora_A is [r, in] and lora_B is [out, r] of the served model's [out, in] weight, module by module.
+
+    vLLM loads an adapter whose shapes do not fit and serves it anyway, so this is ours to check.
+    """
+    base = model_shapes(Path(served_model))
+    if not base:
+        return
+    for name, tensor in safetensors_header(adapter_weights).items():
+        for part, axis in ((".lora_A.weight", 1), (".lora_B.weight", 0)):
+            if not name.endswith(part):
+                continue
+            module = name.removeprefix("base_model.model.").removesuffix(part) + ".weight"
+            expected = base.get(module)
+            if expected is None:
+                raise ServeRefused(f"the adapter adapts {module}, which the served model {served_model} does not "
+                                   "have: it was trained on another model; serve it with --merge")
+            if tensor["shape"][axis] != expected[axis]:
+                raise ServeRefused(f"adapter tensor {name} has shape {tensor['shape']} but the served model's "
+                                   f"{module} is {expected}: it was trained on another model")
 
 
 def read_adapter(path: Path, session_dir: Path) -> Adapter:
@@ -144,6 +184,7 @@ def check_unmerged(adapter: Adapter, served_model: str) -> int:
     if adapter.base and not same_model(adapter.base, served_model):
         raise ServeRefused(f"the adapter was trained on {adapter.base} but vLLM serves {served_model}: "
                            "serve it with --merge, which serves its own base")
+    check_shapes(adapter.path / "adapter_model.safetensors", served_model)
     return adapter.max_lora_rank
 
 

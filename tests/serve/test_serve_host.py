@@ -242,3 +242,16 @@ def test_prune_keeps_only_what_is_served(tmp_path, monkeypatch):
     assert [p.relative_to(tmp_path / "serve").as_posix() for p in (tmp_path / "serve").glob("*/*")] == ["S1/merged"]
     host_serve.prune_served(keep=set())
     assert list((tmp_path / "serve").iterdir()) == []
+
+
+def test_an_adapter_whose_shapes_do_not_fit_the_served_model_is_refused(session_dir, tiny_model, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    adapter = session_dir / "output" / "adapter" / "adapter_model.safetensors"
+    host_serve.check_shapes(adapter, str(tiny_model))  # its own base fits
+    other = tmp_path / "other"
+    other.mkdir()
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.zeros(128, 64)}, other / "model.safetensors")
+    with pytest.raises(host_serve.ServeRefused, match=r"q_proj.lora_A.weight has shape \[8, 128\] .* \[128, 64\]"):
+        host_serve.check_shapes(adapter, str(other))
