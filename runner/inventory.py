@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +45,35 @@ def load_inventory(path: str | None) -> Inventory:
     source = Path(path)
     if not source.exists():
         raise UsageError(f"-i {path}: no such inventory. Start from inventory.example.")
-    from ansible.inventory.manager import InventoryManager  # slow import: only when an inventory is given
-    from ansible.parsing.dataloader import DataLoader
-
-    try:
-        manager = InventoryManager(loader=DataLoader(), sources=[str(source)])
-    except Exception as err:  # ansible raises many types for a broken file
-        raise UsageError(f"-i {path}: cannot be parsed ({err}). Fix the inventory.") from None
-    hosts = [h.name for h in manager.get_hosts()]
+    listed = list_inventory(source)
+    hosts = ordered_hosts(listed)
     if not hosts:
-        raise UsageError(f"-i {path}: the inventory lists no hosts (or does not parse). "
-                         "See inventory.example.")
-    return Inventory(source.resolve(), hosts, {h.name: dict(h.get_vars()) for h in manager.get_hosts()})
+        raise UsageError(f"-i {path}: the inventory lists no hosts (or does not parse). See inventory.example.")
+    hostvars = listed.get("_meta", {}).get("hostvars", {})
+    return Inventory(source.resolve(), hosts, {h: dict(hostvars.get(h, {})) for h in hosts})
+
+
+def list_inventory(source: Path) -> dict:
+    """`ansible-inventory --list`, in its own process: Ansible patches the interpreter it is loaded into
+    (sys.intern, import hooks), which breaks torch's compiler in the same process."""
+    tool = Path(sys.executable).parent / "ansible-inventory"
+    result = subprocess.run([str(tool), "-i", str(source), "--list"], capture_output=True, text=True,
+                            env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False"})
+    try:
+        return json.loads(result.stdout) if result.returncode == 0 else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def ordered_hosts(listed: dict) -> list[str]:
+    """Every host once, group by group in the inventory's order."""
+    hosts: list[str] = []
+
+    def walk(group: str) -> None:
+        node = listed.get(group, {})
+        hosts.extend(h for h in node.get("hosts", []) if h not in hosts)
+        for child in node.get("children", []):
+            walk(child)
+
+    walk("all")
+    return hosts

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from runner import ledger, playbook
+from runner.credentials import hf_token_file
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
@@ -170,7 +171,8 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool) -> i
         "train_session_attach": attach,
     }
     try:
-        with Progress(entry.hosts) as progress:
+        with Progress(entry.hosts) as progress, hf_token_file() as token_file:
+            extravars["train_session_hf_token_file"] = token_file
             run = run_playbook("train", inventory, entry.hosts, extravars, on_event=progress.on_event,
                                raise_on_failure=False)
     except KeyboardInterrupt:

@@ -383,6 +383,9 @@ def _interrupt(signum, frame):  # SSH gone or a stop: roll back like a failed ga
     raise KeyboardInterrupt
 
 
+ROLLBACK_GATE_S = 600
+
+
 def switch(unit: Unit, dropin: str | None, names: list[str], previous_names: list[str], timeout_s: float) -> float:
     """Install DROPIN (None: no drop-in), restart, gate NAMES; on failure put the previous one back."""
     previous = unit.dropin.read_text() if unit.dropin.exists() else None
@@ -395,7 +398,8 @@ def switch(unit: Unit, dropin: str | None, names: list[str], previous_names: lis
             why = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
             write_dropin(unit.dropin, previous)
             try:
-                took = gate(unit, previous_names, timeout_s, restart(unit.name))
+                # the previous configuration was healthy: give it the full time, whatever the new one had
+                took = gate(unit, previous_names, max(timeout_s, ROLLBACK_GATE_S), restart(unit.name))
             except inference.InferenceError as again:
                 raise ServeFailed(f"{why}; the previous configuration was put back but is not healthy "
                                   f"either: {again}") from None
