@@ -187,3 +187,18 @@ def test_bad_input_is_refused_with_one_line_and_no_change(provisioned, inventory
     errors = [line for line in result.stderr.splitlines() if "refused" in line]
     assert len(errors) == 1 and message in errors[0]
     assert th1.ssh(snapshot, check=False).stdout == before
+
+
+def test_a_gpu_the_inventory_expects_but_the_host_lacks_is_refused(provisioned, inventory, hosts, home):
+    import shutil
+
+    folder = home / "inventory"
+    shutil.copytree(inventory.path.parent, folder)
+    host_vars = folder / "host_vars" / "th2.yml"
+    expected = {**json.loads(host_vars.read_text()), "gpu_uuids": ["GPU-40900000-0000-4000-8000-0000000000b9"]}
+    host_vars.write_text(json.dumps(expected))
+    before = hosts["th2"].ssh(f"ls -R {SESSIONS}").stdout
+    result = run_runner("train", str(job_file(home, vllm=False)), "-i", str(folder / "hosts.ini"), "--hosts", "th2",
+                        cwd=home)
+    assert result.returncode == 3 and "0000000000b9 from the inventory is not on this host" in result.stderr
+    assert hosts["th2"].ssh(f"ls -R {SESSIONS}").stdout == before
