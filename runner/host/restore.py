@@ -11,7 +11,7 @@ import fcntl
 import time
 from pathlib import Path
 
-from runner.host import inference, launch, nvml, power
+from runner.host import inference, launch, nvml, power, serve
 from runner.host.status import Status, read_json
 
 
@@ -59,6 +59,12 @@ def restore_power(session_dir: Path, _spec: dict, _status: Status, _record: dict
     return "standing limits enforced: " + ", ".join(f"{u}: {w:g} W" for u, w in enforced.items())
 
 
+def served_name(job_name: str | None) -> str | None:
+    """The model the server must list: after `runner serve --merge` the merged model's name replaces the base's."""
+    record = serve.read_record()
+    return record["name"] if record.get("mode") == "merged" and record.get("name") else job_name
+
+
 def restore_inference(_session_dir: Path, spec: dict, status: Status, record: dict) -> str:
     inf = spec.get("inference") or {}
     service = inf.get("service")
@@ -68,6 +74,7 @@ def restore_inference(_session_dir: Path, spec: dict, status: Status, record: di
         return f"{service} was not running before the session; left stopped"
     if not inference.is_active(service):
         inference.start(service)
-    waited = inference.wait_healthy(inf["health_url"], inf.get("model_name"), inf.get("health_timeout_s", 300))
+    waited = inference.wait_healthy(inf["health_url"], served_name(inf.get("model_name")),
+                                    inf.get("health_timeout_s", 300))
     record["healthy_at"] = time.time()
     return f"{service} healthy after {waited:.0f} s"
