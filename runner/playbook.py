@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -96,3 +97,20 @@ def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: d
     if raise_on_failure and result.status != "successful":
         raise PlaybookFailed(name, failures, data)
     return run
+
+
+def host_answers(name: str, inventory: Inventory, hosts: list[str], tasks: tuple[str, ...],
+                 extravars: dict | None = None, raise_on_failure: bool = True) -> tuple[dict[str, dict], Run]:
+    """Run playbooks/<name>.yml and keep each host's answer from the named task(s): the JSON line its
+    command printed last, or a debug task's msg. Hosts that failed or were unreachable have none."""
+    answers: dict[str, dict] = {}
+
+    def keep(event: dict) -> None:
+        data = event.get("event_data", {})
+        if event.get("event") == "runner_on_ok" and data.get("task") in tasks:
+            res = data["res"]
+            lines = res.get("stdout_lines")
+            answers[data["host"]] = json.loads(lines[-1]) if lines else res.get("msg", {})
+
+    run = run_playbook(name, inventory, hosts, extravars, on_event=keep, raise_on_failure=raise_on_failure)
+    return answers, run

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from runner.host import psu
 from runner.inventory import load_inventory
-from runner.playbook import run_playbook
+from runner.playbook import host_answers
 
 REPORT_TASK = "Report the host"
 
@@ -16,15 +16,7 @@ REPORT_TASK = "Report the host"
 def gather(inventory_path: str | None, hosts: str | None) -> dict[str, dict]:
     """Each host's report from playbooks/hosts.yml (read-only): gpus, power, inference, health, venv."""
     inventory = load_inventory(inventory_path)
-    reports: dict[str, dict] = {}
-
-    def on_event(event: dict) -> None:
-        data = event.get("event_data", {})
-        if event.get("event") == "runner_on_ok" and data.get("task") == REPORT_TASK:
-            reports[data["host"]] = data["res"]["msg"]
-
-    run_playbook("hosts", inventory, inventory.select(hosts), on_event=on_event)
-    return reports
+    return host_answers("hosts", inventory, inventory.select(hosts), (REPORT_TASK,))[0]
 
 
 def headroom(report: dict, profile: dict) -> psu.Budget | None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from runner import ledger
 from runner.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
-from runner.playbook import Run, run_playbook
+from runner.playbook import Run, host_answers
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -19,16 +19,7 @@ APPLY_TASK = "Serve the fine-tune, or revert to the base, health-gated with roll
 
 def run_serve(inventory: Inventory, hosts: list[str], extravars: dict) -> tuple[dict[str, dict], Run]:
     """The serve playbook on HOSTS; each host's JSON answer, and the run (its failures name the rest)."""
-    answers: dict[str, dict] = {}
-
-    def keep(event: dict) -> None:
-        data = event.get("event_data", {})
-        if event.get("event") == "runner_on_ok" and data.get("task") in (LIST_TASK, APPLY_TASK):
-            lines = data["res"].get("stdout_lines") or ["{}"]
-            answers[data["host"]] = json.loads(lines[-1])
-
-    run = run_playbook("serve", inventory, hosts, extravars, on_event=keep, raise_on_failure=False)
-    return answers, run
+    return host_answers("serve", inventory, hosts, (LIST_TASK, APPLY_TASK), extravars, raise_on_failure=False)
 
 
 def report_failures(run: Run, answers: dict[str, dict]) -> int:

@@ -12,7 +12,7 @@ from runner import ledger
 from runner.commands.train import follow_session
 from runner.errors import EXIT_OK
 from runner.inventory import load_inventory
-from runner.playbook import run_playbook
+from runner.playbook import host_answers
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -21,17 +21,9 @@ FOLLOW_POLL_S = 2.0
 
 def host_results(entry: ledger.Entry, action: str, task: str, extravars: dict | None = None) -> dict[str, dict]:
     """Run one session action on the entry's hosts; each host's JSON answer (unreachable hosts are left out)."""
-    answers: dict[str, dict] = {}
-
-    def keep(event: dict) -> None:
-        data = event.get("event_data", {})
-        if event.get("event") == "runner_on_ok" and data.get("task") == task:
-            answers[data["host"]] = json.loads(data["res"]["stdout"])
-
-    run_playbook("session", load_inventory(entry.inventory), entry.hosts,
-                 {"train_session_id": entry.id, "train_session_action": action, **(extravars or {})},
-                 on_event=keep, raise_on_failure=False)
-    return answers
+    return host_answers("session", load_inventory(entry.inventory), entry.hosts, (task,),
+                        {"train_session_id": entry.id, "train_session_action": action, **(extravars or {})},
+                        raise_on_failure=False)[0]
 
 
 def refresh(entry: ledger.Entry) -> dict[str, dict]:

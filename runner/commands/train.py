@@ -15,7 +15,7 @@ from runner.credentials import hf_token_file
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
-from runner.playbook import run_playbook
+from runner.playbook import host_answers, run_playbook
 from runner.plot import plot_session
 from runner.progress import Progress
 from runner.spec import JobSpec, load_spec
@@ -64,15 +64,7 @@ def new_session_id() -> str:
 
 def probe_hosts(inventory: Inventory, hosts: list[str]) -> dict[str, dict]:
     """GPU facts of each host, read through the probe playbook (changes nothing)."""
-    facts: dict[str, dict] = {}
-
-    def keep(event: dict) -> None:
-        data = event.get("event_data", {})
-        if event.get("event") == "runner_on_ok" and data.get("task") == "Read GPU facts and the host lock":
-            facts[data["host"]] = json.loads(data["res"]["stdout"])
-
-    run_playbook("probe", inventory, hosts, on_event=keep)
-    return facts
+    return host_answers("probe", inventory, hosts, ("Read GPU facts and the host lock",))[0]
 
 
 def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: list[str]) -> None:
