@@ -224,7 +224,7 @@ class Session:
                 stop_seen = time.monotonic()
             if stop_seen and time.monotonic() - stop_seen > STOP_GRACE_S:
                 trainer.terminate()
-                stop_seen = time.monotonic() + STOP_GRACE_S  # SIGKILL one grace period later
+                stop_seen = time.monotonic() + STOP_GRACE_S  # terminate again after two more grace periods
             time.sleep(1)
 
     def _read_metrics(self, path: Path, offset: int) -> int:
