@@ -64,8 +64,7 @@ class Session:
 
     def run(self) -> int:
         (self.dir / "STOP").unlink(missing_ok=True)  # a resumed session starts without an old stop request
-        for stale in ("error", "restore", "summary", "trainer_done", "trainer_stopped"):  # from an earlier try
-            self.status.data.pop(stale, None)
+        self.status.drop("error", "restore", "summary", "trainer_done", "trainer_stopped")  # from an earlier try
         self.status.update(session_id=self.job["session_id"], host=self.job.get("host", ""), pid=os.getpid(),
                            outcome="running", started=time.time(), ended=None, phases=[])
         try:
@@ -119,7 +118,7 @@ class Session:
         self.result = {"outcome": outcome, "error": error} if error else {"outcome": outcome}
 
     def _publish_result(self) -> None:
-        self.status.data.update(self.result, ended=time.time())
+        self.status.update(**self.result, ended=time.time())
         self._write_summary()
 
     def request_stop(self, reason: str) -> None:
@@ -243,7 +242,7 @@ class Session:
         event = record.get("event")
         if event is None:
             progress = {k: record[k] for k in ("step", "total_steps", "loss", "tokens_per_s") if k in record}
-            self.status.data.setdefault("losses", []).append([record.get("step"), record.get("loss")])
+            self.status.append("losses", [record.get("step"), record.get("loss")])
             self.status.update(**progress)
         elif event == "start":
             self.status.update(total_steps=record.get("total_steps"), trainer=record)

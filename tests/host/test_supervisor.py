@@ -156,7 +156,7 @@ def test_heat_stops_the_trainer_gracefully_and_restores(host):
     session = host.session_dir(spec(train={"max_steps": 50000, "save_steps": 20000},
                                     power={"max_temperature_c": 85, "hot_grace_s": 2}))
     rc, status = host.run(session)
-    assert rc == 130 and status["outcome"] == "interrupted"
+    assert (rc, status["outcome"]) == (130, "interrupted"), (status, (session / "train.log").read_text()[-3000:])
     assert "above 85 C" in status["error"]
     assert status.get("trainer_stopped")  # the trainer checkpointed and said so
     assert status["restore"]["ok"] and host.limits_w() == {A_3090TI: 450, A_4090: 450}
