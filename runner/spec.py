@@ -86,6 +86,14 @@ class InferenceSection(Section):
         return self.service is not None and self.mode == "stop"
 
 
+class ClusterSection(Section):
+    """Multi-node jobs (`runner train --multi-node`): the rendezvous port and how long hosts wait for each other."""
+
+    port: Annotated[int, Field(ge=1024, le=65535)] = 29500  # on the first host's cluster address, during the job
+    ready_timeout_s: Annotated[float, Field(gt=0)] = 1800  # every host capped and free within this, or nobody trains
+    collective_timeout_s: Annotated[float, Field(gt=0)] = 600  # a lost peer ends the job after this
+
+
 class OutputSection(Section):
     fetch: Literal["adapter", "all", "none"] = "adapter"
 
@@ -103,6 +111,7 @@ class JobSpec(Section):
     power: PowerSection = PowerSection()
     inference: InferenceSection = InferenceSection()
     output: OutputSection = OutputSection()
+    cluster: ClusterSection = ClusterSection()
 
     @model_validator(mode="after")
     def _alpha_defaults_to_twice_rank(self):

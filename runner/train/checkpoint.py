@@ -40,33 +40,56 @@ def save_checkpoint(
     state: dict[str, Any],
     output_dir: str | Path,
 ) -> Path:
-    """All ranks call this; returns the checkpoint's final path. Keeps the newest KEEP checkpoints."""
+    """All ranks call this; returns the checkpoint's final path. Keeps the newest KEEP checkpoints.
+
+    Each host (its local rank 0) keeps its own copy, so every host of a multi-node job can resume: the
+    state and scheduler everywhere, the weights and optimizer everywhere under DDP (identical on every
+    rank), and on rank 0 only under FSDP (it loads them and scatters them to the shards).
+    """
     final = Path(output_dir) / f"checkpoint-{state['step']}"
     tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process:
+    local_main = accelerator.is_local_main_process
+    sharded = is_fsdp(accelerator)
+    writes_weights = accelerator.is_main_process or (local_main and not sharded)
+    if local_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    sharded = is_fsdp(accelerator)
     trainable = gather_trainable(wrapped) if sharded else None  # collectives: every rank takes part
     optimizer_state = gather_optimizer_state(wrapped, optimizer) if sharded else optimizer.state_dict()
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
+    if writes_weights:
         peft_model.save_pretrained(tmp, state_dict=_peft_keys(trainable), save_embedding_layers=False)
         if trainable is not None:
             from safetensors.torch import save_file
 
             save_file(trainable, tmp / TRAINABLE_FILE)
         torch.save(optimizer_state, tmp / "optimizer.pt")
+    if local_main:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if local_main:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         _replace(tmp, final)
         for old in checkpoints(output_dir)[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def agreed_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint every rank has (hosts of a multi-node job may have stopped one apart)."""
+    found = {int(_NAME.match(p.name).group(1)): p for p in checkpoints(output_dir)}
+    newest = max(found, default=0)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        agreed = torch.tensor(newest, dtype=torch.int64)
+        if torch.distributed.get_backend() == "nccl":
+            agreed = agreed.cuda()
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+        newest = int(agreed)
+    if newest and newest not in found:
+        raise FileNotFoundError(f"checkpoint-{newest}, the newest every host has, is missing from {output_dir}")
+    return found.get(newest)
 
 
 def load_checkpoint(

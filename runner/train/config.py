@@ -59,6 +59,8 @@ class TrainConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     trust_remote_code: bool = False
     resume: bool = True
+    # Seconds a collective may wait for a peer (multi-node: a lost host ends the job); None: torch's default
+    collective_timeout_s: float | None = None
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -117,6 +119,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"train.epochs must be > 0, not {t.epochs!r}")
     if not t.learning_rate > 0:
         raise ConfigError(f"train.learning_rate must be > 0, not {t.learning_rate!r}")
+    if cfg.collective_timeout_s is not None and not (
+        isinstance(cfg.collective_timeout_s, int | float) and cfg.collective_timeout_s > 0
+    ):
+        raise ConfigError(f"collective_timeout_s must be > 0 seconds, not {cfg.collective_timeout_s!r}")
     if not 0 <= cfg.lora.dropout < 1:
         raise ConfigError(f"lora.dropout must be in [0, 1), not {cfg.lora.dropout!r}")
 

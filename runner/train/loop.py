@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
+from .checkpoint import agreed_checkpoint, load_checkpoint, save_adapter, save_checkpoint
 from .config import TrainSettings
 from .metrics import Metrics
 from .packing import BatchPlan, collate_packed, collate_padded
@@ -106,8 +106,8 @@ class Trainer:
         self.last_loss: float | None = None
 
     def resume(self) -> Path | None:
-        """Continue from the newest complete checkpoint, if any; returns it."""
-        path = latest_checkpoint(self.output_dir)
+        """Continue from the newest complete checkpoint that every rank has, if any; returns it."""
+        path = agreed_checkpoint(self.output_dir)
         if path is None:
             return None
         state = load_checkpoint(self.accelerator, path, self.wrapped, self.peft_model, self.optimizer, self.scheduler)
@@ -149,7 +149,8 @@ class Trainer:
             if self.step % self.settings.save_steps == 0 and self.step < self.steps:
                 self._checkpoint()
         adapter = save_adapter(self.accelerator, self.wrapped, self.peft_model, self.tokenizer, self.output_dir)
-        self.metrics.event("done", adapter=str(adapter), final_loss=self.last_loss, steps=self.step)
+        written = str(adapter) if self.accelerator.is_main_process else None  # multi-node: on rank 0's host
+        self.metrics.event("done", adapter=written, final_loss=self.last_loss, steps=self.step)
         return Outcome("done", self.step, str(adapter))
 
     def _train_step(self) -> torch.Tensor:

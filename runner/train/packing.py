@@ -8,6 +8,7 @@ row, positions restart at 0 for each example, and the attention path keeps each 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -82,6 +83,15 @@ class BatchPlan:
         batches += [[]] * (self.per_step - len(batches))  # the last step of an epoch may be short
         mine = [batches[a * self.world_size + rank] for a in range(self.grad_accum)]
         return StepWork(mine, sum(self.trained[i] for batch in batches for i in batch))
+
+    def shard(self, rank: int, epoch: int = 0) -> dict[str, object]:
+        """Which examples `rank` trains in an epoch, in brief: ranks of one run get disjoint shards."""
+        mine = sorted(
+            i for step in range(self.steps_per_epoch)
+            for batch in self.step_work(epoch * self.steps_per_epoch + step, rank).micro_batches for i in batch
+        )
+        digest = hashlib.sha256(",".join(map(str, mine)).encode()).hexdigest()[:16]
+        return {"shard_examples": len(mine), "shard_digest": digest, "shard_sample": mine[:16]}
 
     def step_input_tokens(self, step: int) -> int:
         """Non-pad tokens over all ranks in a step (for tokens/s)."""

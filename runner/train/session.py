@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import STATE_FILE, latest_checkpoint
+from .checkpoint import STATE_FILE, agreed_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import Example, read_records, tokenize_records
 from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, total_steps
@@ -30,17 +31,23 @@ from .sizing import Sizing, choose_sizing
 log = logging.getLogger("runner.train")
 
 
-def make_accelerator() -> Any:
-    """The launcher's accelerate settings; bf16 falls back to fp16 on GPUs without it."""
+def make_accelerator(collective_timeout_s: float | None = None) -> Any:
+    """The launcher's accelerate settings; bf16 falls back to fp16 on GPUs without it. A collective timeout
+    (multi-node) makes a rank whose peer is gone fail instead of waiting for torch's default."""
     from accelerate import Accelerator
 
+    handlers = []
+    if collective_timeout_s:
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers.append(InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=collective_timeout_s)))
     precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if not torch.cuda.is_available():
-        return Accelerator(cpu=True)  # without cpu=True, launched CPU ranks would each run alone
+        return Accelerator(cpu=True, kwargs_handlers=handlers)  # without cpu=True, CPU ranks would each run alone
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         log.warning("bf16 is not supported on this GPU; using fp16")
-        return Accelerator(mixed_precision="fp16")
-    return Accelerator()
+        return Accelerator(mixed_precision="fp16", kwargs_handlers=handlers)
+    return Accelerator(kwargs_handlers=handlers)
 
 
 def strategy_name(accelerator: Any) -> str:
@@ -58,9 +65,10 @@ def run_session(
     """Train as configured. A benchmark may pass an in-memory base model and tokenized examples."""
     from accelerate.utils import set_seed
 
-    accelerator = make_accelerator()
-    setup_logging(accelerator.is_main_process)
-    metrics = Metrics(cfg.metrics_path, accelerator.is_main_process)
+    accelerator = make_accelerator(cfg.collective_timeout_s)
+    # One writer per host: each host's supervisor follows its own metrics (multi-node: same global values)
+    setup_logging(accelerator.is_local_main_process)
+    metrics = Metrics(cfg.metrics_path, accelerator.is_local_main_process)
     stop = StopRequest(cfg.stop_file)
     device = accelerator.device
     strategy = strategy_name(accelerator)
@@ -98,6 +106,8 @@ def run_session(
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     info = {
         "world_size": accelerator.num_processes,
+        "process_index": accelerator.process_index,
+        **plan.shard(accelerator.process_index),
         "precision": accelerator.mixed_precision,
         "strategy": strategy,
         "method": cfg.method,
@@ -138,7 +148,7 @@ def run_session(
 
 def _sizing(cfg: TrainConfig, accelerator: Any, loss_model: CausalLMLoss, packing: bool, strategy: str) -> Sizing:
     """A resumed run keeps its checkpoint's batch shape (the data position needs it); else probe memory."""
-    saved = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    saved = agreed_checkpoint(cfg.output_dir) if cfg.resume else None
     if saved is not None:
         state = json.loads((saved / STATE_FILE).read_text())
         settings = dataclasses.replace(
