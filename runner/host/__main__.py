@@ -122,7 +122,7 @@ def check_job(training_root: Path) -> int:
     except preflight.Refusal as refusal:
         print(f"refused: {refusal}")
         return 3
-    print(json.dumps({"summary": found.summary(), "strategy": found.strategy}))
+    print(json.dumps(found.answer()))
     return 0
 
 

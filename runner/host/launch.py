@@ -38,6 +38,7 @@ def trainer_config(job: dict, session_dir: Path) -> dict:
         "metrics_path": str(session_dir / "metrics.jsonl"),
         "stop_file": str(session_dir / "STOP"),
         "resume": True,
+        **({"collective_timeout_s": spec["cluster"]["collective_timeout_s"]} if job.get("cluster") else {}),
     }
 
 
@@ -126,11 +127,11 @@ def start_unit(session_dir: Path, env: dict[str, str], config: dict) -> UnitTrai
     return UnitTrainer(unit)
 
 
-def start_trainer(job: dict, session_dir: Path, gpu_names: list[str],
-                  token: str | None) -> ProcessTrainer | UnitTrainer:
+def start_trainer(job: dict, session_dir: Path, gpu_names: list[str], token: str | None,
+                  extra_env: dict[str, str] | None = None) -> ProcessTrainer | UnitTrainer:
     """Write train.json and start the trainer: as the trainer unit where provisioned, else as a child."""
     (session_dir / "train.json").write_text(json.dumps(trainer_config(job, session_dir), indent=1))
-    env = launch_env(gpu_names, token)
+    env = {**launch_env(gpu_names, token), **(extra_env or {})}
     config = trainer_unit_config(session_dir)
     if config:
         return start_unit(session_dir, env, config)

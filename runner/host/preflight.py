@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.host import inference, nvml, power, psu
+from runner.host import cluster, inference, nvml, power, psu
 from runner.host.strategy import choose_strategy
 
 MIN_FREE_DISK_GIB = 1.0
@@ -27,10 +27,15 @@ class Preflight:
     inference_active: bool | None = None
     strategy: str = "ddp"
     strategy_reason: str = ""
+    cluster_interface: str | None = None  # multi-node: where NCCL, gloo and the rendezvous talk
 
     def summary(self) -> str:
         names = ", ".join(f"{g.name} ({g.uuid})" for g in self.gpus) or "none"
         return "; ".join([f"GPUs: {names}", *self.notes, *([self.strategy_reason] if self.strategy_reason else [])])
+
+    def answer(self) -> dict:
+        """What the playbook's check hands the controller."""
+        return {"summary": self.summary(), "strategy": self.strategy, "cluster_interface": self.cluster_interface}
 
 
 def session_profile(spec: dict, gpus: list[nvml.Gpu], config: power.PowerConfig) -> dict[str, float]:
@@ -58,7 +63,17 @@ def check(job: dict, training_root: Path, config: power.PowerConfig) -> Prefligh
     check_disk(training_root)
     result.inference_active = check_inference(spec["inference"])
     result.strategy, result.strategy_reason = pick_strategy(spec, job["paths"]["model"], result.gpus)
+    if job.get("cluster"):
+        result.cluster_interface = check_cluster(job["cluster"])
+        result.notes.append(cluster.describe(job["cluster"], result.cluster_interface))
     return result
+
+
+def check_cluster(part: dict) -> str:
+    try:
+        return cluster.interface_for(part["address"], part.get("interface") or None)
+    except cluster.ClusterError as err:
+        raise Refusal(str(err)) from None
 
 
 def pick_strategy(spec: dict, model: str, gpus: list[nvml.Gpu]) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from runner.host import inference, launch, nvml, power, preflight
+from runner.host import cluster, inference, launch, nvml, power, preflight
 from runner.host.lock import HostBusy, HostLock
 from runner.host.preflight import Refusal
 from runner.host.restore import restore
@@ -56,6 +56,7 @@ class Session:
         self.spec = self.job["spec"]
         self.status = Status(session_dir)
         self.gpus: list[nvml.Gpu] = []
+        self.cluster_interface: str | None = None
         self.stop_reason: str | None = None
         self.power_config = power.PowerConfig.load()
         self.result: dict = {"outcome": "failed", "error": "the session ended without an outcome"}
@@ -63,7 +64,8 @@ class Session:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        (self.dir / "STOP").unlink(missing_ok=True)  # a resumed session starts without an old stop request
+        for old in ("STOP", cluster.GO_FILE):  # a resumed session starts without an old stop request, and waits again
+            (self.dir / old).unlink(missing_ok=True)
         self.status.drop("error", "restore", "summary", "trainer_done", "trainer_stopped")  # from an earlier try
         self.status.update(session_id=self.job["session_id"], host=self.job.get("host", ""), pid=os.getpid(),
                            outcome="running", started=time.time(), ended=None, phases=[])
@@ -86,6 +88,8 @@ class Session:
             self._phase("preflight", self.preflight)
             self._phase("power", self.cap_power)
             self._phase("inference", self.stop_inference)
+            if self.job.get("cluster"):
+                self._phase("ready", self.wait_ready)
             return self.train()
         except Refusal as refusal:
             self._finish("refused", str(refusal))
@@ -107,6 +111,9 @@ class Session:
             outcome, detail = step()
         except Refusal as refusal:
             self.status.end("refused", str(refusal))
+            raise
+        except StopRequested:
+            self.status.end("stopped", self.stop_reason or "")
             raise
         except Exception as err:
             self.status.end("failed", str(err))
@@ -141,6 +148,7 @@ class Session:
         """Refuse before any change: GPUs, power plan, PSU budget, dataset, disk, inference control."""
         found = preflight.check(self.job, self.dir.parent.parent, self.power_config)
         self.gpus = found.gpus
+        self.cluster_interface = found.cluster_interface
         if found.inference_active is not None:
             self.status.update(inference_was_active=found.inference_active)
         return "ok", found.summary()
@@ -188,6 +196,16 @@ class Session:
         outcome = "ok" if inf["service"] and inf["mode"] == "stop" else "skipped"
         return outcome, "; ".join(detail)
 
+    def wait_ready(self) -> tuple[str, str]:
+        """Multi-node: this host is capped with free GPUs; train only when the controller says every host is."""
+        timeout = self.spec["cluster"]["ready_timeout_s"]
+        if not cluster.wait_for_go(self.dir, timeout, lambda: self.stop_reason is not None):
+            stop = self.dir / "STOP"
+            said = stop.read_text(errors="replace").strip() if stop.exists() else ""
+            self.request_stop(said or "stop requested before every host was ready")
+            raise StopRequested
+        return "ok", f"every host is ready; {cluster.describe(self.job['cluster'], self.cluster_interface)}"
+
     def train(self) -> int:
         self.status.begin("train")
         telemetry = None
@@ -199,8 +217,9 @@ class Session:
                                   warn=self.status.warn, request_stop=self.request_stop)
             telemetry.start()
         try:
+            extra_env = cluster.launch_env(self.cluster_interface) if self.cluster_interface else {}
             trainer = launch.start_trainer(self.job, self.dir, [g.name for g in self.gpus],
-                                           take_token(self.dir))
+                                           take_token(self.dir), extra_env)
             rc = self._follow(trainer, telemetry)
         finally:
             if telemetry:
@@ -252,7 +271,8 @@ class Session:
     def _train_outcome(self, rc: int) -> int:
         done = self.status.data.get("trainer_done")
         if rc == 0 and done and not self.stop_reason:
-            self.status.end("ok", f"adapter at {done.get('adapter')}")
+            adapter = done.get("adapter")  # multi-node: only the first host (rank 0) writes it
+            self.status.end("ok", f"adapter at {adapter}" if adapter else "trained; the adapter is on the first host")
             self._finish("succeeded")
             return EXIT_OK
         if self.stop_reason or self.status.data.get("trainer_stopped"):

@@ -87,8 +87,10 @@ class BatchPlan:
     def shard(self, rank: int, epoch: int = 0) -> dict[str, object]:
         """Which examples `rank` trains in an epoch, in brief: ranks of one run get disjoint shards."""
         mine = sorted(
-            i for step in range(self.steps_per_epoch)
-            for batch in self.step_work(epoch * self.steps_per_epoch + step, rank).micro_batches for i in batch
+            i
+            for step in range(self.steps_per_epoch)
+            for batch in self.step_work(epoch * self.steps_per_epoch + step, rank).micro_batches
+            for i in batch
         )
         digest = hashlib.sha256(",".join(map(str, mine)).encode()).hexdigest()[:16]
         return {"shard_examples": len(mine), "shard_digest": digest, "shard_sample": mine[:16]}

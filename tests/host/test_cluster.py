@@ -1,0 +1,98 @@
+"""Multi-node on one host: the cluster interface, and the supervisor waiting for every host to be ready."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from simhost import A_3090TI, A_4090, phase, spec
+
+from runner.host import cluster
+
+
+def own_address() -> tuple[str, str]:
+    """An address of this machine on a real interface (not loopback), and that interface."""
+    for name, addresses in cluster.interfaces().items():
+        if name != "lo" and addresses:
+            return addresses[0], name
+    pytest.skip("this machine has no network interface with an address")
+
+
+def test_the_interface_holding_the_address_carries_the_collectives():
+    address, name = own_address()
+    assert cluster.interface_for(address) == name
+    assert cluster.launch_env(name) == {"NCCL_SOCKET_IFNAME": name, "GLOO_SOCKET_IFNAME": name}
+
+
+@pytest.mark.parametrize(("address", "wanted", "message"), [
+    ("127.0.0.1", None, "no interface of this host holds its cluster address 127.0.0.1"),
+    ("192.0.2.254", None, "no interface of this host holds"),
+    ("no-such-host.invalid", None, "does not resolve on this host"),
+    (None, "nosuchif0", "cluster_interface nosuchif0 is not on this host"),
+])
+def test_a_wrong_cluster_address_or_interface_is_named(address, wanted, message):
+    with pytest.raises(cluster.ClusterError, match=message):
+        cluster.interface_for(address or own_address()[0], wanted)
+
+
+def cluster_part(rank: int = 1) -> dict:
+    address, _ = own_address()
+    return {"num_machines": 2, "machine_rank": rank, "main_address": "10.0.0.1", "address": address,
+            "port": 29500, "interface": "", "processes_per_machine": 1}
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="setting power limits needs root, like the driver")
+
+
+def start(session) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner.host", "session", str(session)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_phase(session, name: str, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = session / "status.json"
+        status = json.loads(path.read_text()) if path.exists() else {}
+        if status.get("phase") == name:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"the session never reached phase {name}")
+
+
+@needs_root
+def test_a_host_waits_capped_until_told_and_a_stop_restores_it_untrained(host):
+    session = host.session_dir(spec(), cluster=cluster_part())
+    proc = start(session)
+    try:
+        status = wait_phase(session, "ready")
+        assert host.limits_w() == {A_3090TI: 300, A_4090: 300}  # capped, GPUs free: waiting for the others
+        assert "machine 1 of 2" in phase(status, "preflight")["detail"]
+        (session / "STOP").write_text("th1 was not ready: refused: GPU busy\n")
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    status = json.loads((session / "status.json").read_text())
+    assert status["outcome"] == "interrupted" and "th1 was not ready" in status["error"]
+    assert phase(status, "ready")["outcome"] == "stopped"
+    assert not (session / "train.json").exists()  # nobody trained
+    assert status["restore"]["ok"] and host.limits_w() == {A_3090TI: 450, A_4090: 450}
+
+
+@needs_root
+def test_a_host_that_never_hears_go_gives_up_and_restores(host):
+    session = host.session_dir(spec(cluster={"ready_timeout_s": 2}), cluster=cluster_part())
+    rc, status = host.run(session)
+    assert rc == 1 and "not all ready within 2 s" in status["error"]
+    assert not (session / "train.json").exists()
+    assert status["restore"]["ok"] and host.limits_w() == {A_3090TI: 450, A_4090: 450}
+
+
+@needs_root
+def test_a_cluster_address_the_host_does_not_hold_is_refused_before_any_change(host):
+    part = {**cluster_part(), "address": "192.0.2.254"}
+    rc, status = host.run(host.session_dir(spec(), cluster=part))
+    assert rc == 3 and "no interface of this host holds its cluster address" in status["error"]
+    assert host.limits_w() == {A_3090TI: 450, A_4090: 450}
