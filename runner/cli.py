@@ -33,11 +33,13 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; change nothing.")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue session ID from its newest checkpoint.")]
     = None,
+    multi_node: Annotated[bool, typer.Option(
+        "--multi-node", help="One job across the hosts (the first hosts the rendezvous), not one per host.")] = False,
 ) -> None:
     """Run a training session on each host: cap power, stop inference, train, restore."""
     from runner.commands.train import train as run_train
 
-    raise typer.Exit(run_train(job, hosts, inventory, set_ or [], dry_run, resume))
+    raise typer.Exit(run_train(job, hosts, inventory, set_ or [], dry_run, resume, multi_node))
 
 
 SessionId = Annotated[str, typer.Argument(help="A session id ('runner status' lists them).")]

@@ -13,8 +13,21 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+# The tasks whose every retry reports a host's status.json (multi-node jobs wait for every host first)
 FOLLOW_TASK = "Follow the session"
+FOLLOW_TASKS = (FOLLOW_TASK, "Wait until every host is ready")
 PRINT_EVERY_S = 5.0
+
+
+def host_status(event: dict, tasks: tuple[str, ...] = FOLLOW_TASKS) -> tuple[str, dict] | None:
+    """(host, status) from an ansible-runner event of one of `tasks`; None for any other event."""
+    data = event.get("event_data", {})
+    if data.get("task") not in tasks or event.get("event") not in ("runner_retry", "runner_on_ok"):
+        return None
+    try:
+        return data.get("host", "?"), json.loads(data.get("res", {}).get("stdout") or "{}")
+    except json.JSONDecodeError:
+        return None
 
 
 def progress_line(host: str, status: dict) -> str:
@@ -66,14 +79,9 @@ class Progress:
             self.live.__exit__(*exc)
 
     def on_event(self, event: dict) -> None:
-        data = event.get("event_data", {})
-        if data.get("task") != FOLLOW_TASK or event.get("event") not in ("runner_retry", "runner_on_ok"):
-            return
-        try:
-            status = json.loads(data.get("res", {}).get("stdout") or "{}")
-        except json.JSONDecodeError:
-            return
-        self.update(data.get("host", "?"), status)
+        found = host_status(event)
+        if found:
+            self.update(*found)
 
     def update(self, host: str, status: dict) -> None:
         self.status[host] = status

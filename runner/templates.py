@@ -19,10 +19,12 @@ def render(relative: str, **variables) -> str:
     return env.get_template(relative).render(**variables)
 
 
-def accelerate_config(gpus: list[dict], strategy: str = "ddp", port: int = 29500) -> dict:
-    """The accelerate config a host with these GPUs gets, parsed."""
+def accelerate_config(gpus: list[dict], strategy: str = "ddp", port: int = 29500, **multi_node) -> dict:
+    """The accelerate config a host with these GPUs gets, parsed. Multi-node: machines, machine_rank,
+    main_address, processes_per_machine (the template's accelerate_config_* inputs)."""
+    extra = {f"accelerate_config_{key}": value for key, value in multi_node.items()}
     text = render("accelerate/default_config.yaml.j2", accelerate_config_gpus=gpus,
-                  accelerate_config_strategy=strategy, accelerate_config_port=port)
+                  accelerate_config_strategy=strategy, accelerate_config_port=port, **extra)
     return yaml.safe_load(text)
 
 

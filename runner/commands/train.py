@@ -11,13 +11,14 @@ from pathlib import Path
 from rich.console import Console
 
 from runner import ledger, playbook
+from runner.cluster import MultiNode, PeerWatch, cluster_hosts
 from runner.credentials import hf_token_file
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
 from runner.playbook import host_answers, run_playbook
 from runner.plot import plot_session
-from runner.progress import Progress
+from runner.progress import FOLLOW_TASK, Progress, host_status
 from runner.spec import JobSpec, load_spec
 from runner.templates import accelerate_config
 
@@ -67,10 +68,15 @@ def probe_hosts(inventory: Inventory, hosts: list[str]) -> dict[str, dict]:
     return host_answers("probe", inventory, hosts, ("Read GPU facts and the host lock",))[0]
 
 
-def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: list[str]) -> None:
+def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: list[str],
+               cluster: list[str] | None = None) -> None:
     """The dry run's report: per host, its GPUs, the accelerate config, the power and inference plan."""
     facts = probe_hosts(inventory, hosts)
     out.print(f"Plan for {spec.model} on {len(hosts)} host(s); nothing was changed.", markup=False)
+    machines = MultiNode(inventory, cluster, facts) if cluster else None
+    if machines:
+        out.print(f"multi-node: one job on {len(cluster)} machines, {machines.per_machine} process(es) each; "
+                  f"rendezvous on {cluster[0]} at {machines.main_address}:{spec.cluster.port}", markup=False)
     for host in hosts:
         host_facts = facts.get(host, {})
         gpus = host_facts.get("gpus", [])
@@ -83,7 +89,7 @@ def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: lis
             plan = f"-> {target:g} W for the session" if target else "unchanged"
             out.print(f"  GPU {gpu['index']} {gpu['name']} {gpu['uuid']}: limit {gpu['power_limit_w']:g} W "
                       f"{plan} (allowed {gpu['power_min_w']:g}-{gpu['power_max_w']:g} W)", markup=False)
-        cfg = accelerate_config(gpus)
+        cfg = accelerate_config(gpus, port=spec.cluster.port, **(machines.accelerate_inputs(host) if machines else {}))
         out.print(f"  accelerate: {cfg['distributed_type']}, {cfg['num_processes']} process(es), "
                   f"mixed precision {cfg['mixed_precision']}", markup=False)
         inf = spec.inference
@@ -161,14 +167,24 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool) -> i
         "train_session_fetch_dir": f"{run_dir}/{{{{ inventory_hostname }}}}",
         "train_session_fetch": plan["job"]["spec"]["output"]["fetch"],
         "train_session_attach": attach,
+        "train_session_cluster_hosts": plan.get("cluster_hosts", []),
     }
+    peers = PeerWatch(inventory, entry.hosts, entry.id) if plan.get("cluster_hosts") else None
+
+    def on_event(event: dict) -> None:
+        progress.on_event(event)
+        found = host_status(event, (FOLLOW_TASK,))  # once training; before, the playbook's barrier decides
+        if peers and found:
+            peers.update(*found)
+
     try:
         with Progress(entry.hosts) as progress, hf_token_file() as token_file:
             extravars["train_session_hf_token_file"] = token_file
-            run = run_playbook("train", inventory, entry.hosts, extravars, on_event=progress.on_event,
-                               raise_on_failure=False)
+            run = run_playbook("train", inventory, entry.hosts, extravars, on_event=on_event, raise_on_failure=False)
     except KeyboardInterrupt:
         return stop_after_interrupt(entry, inventory)
+    if peers:
+        peers.join()
     results = load_results(run_dir, entry.hosts)
     for host in entry.hosts:
         if not results[host] and host in run.failures:
@@ -198,7 +214,7 @@ def stop_after_interrupt(entry: ledger.Entry, inventory: Inventory) -> int:
 
 
 def train(job_file: str | None, hosts: str | None, inventory_path: str | None, overrides: list[str],
-          dry_run: bool, resume: str | None = None) -> int:
+          dry_run: bool, resume: str | None = None, multi_node: bool = False) -> int:
     if resume:
         entry = ledger.get(resume)
         err.print(f"resuming session {entry.id} on {', '.join(entry.hosts)}", markup=False)
@@ -208,15 +224,18 @@ def train(job_file: str | None, hosts: str | None, inventory_path: str | None, o
     spec = load_spec(job_file, overrides)
     inventory = load_inventory(inventory_path)
     chosen = inventory.select(hosts)
+    cluster = cluster_hosts(chosen, multi_node)
     staging = stage(spec, Path(job_file), inventory)
     if dry_run:
-        print_plan(spec, staging, inventory, chosen)
+        print_plan(spec, staging, inventory, chosen, cluster)
         return EXIT_OK
     session_id = new_session_id()
     run_dir = runs_dir() / session_id
-    write_plan(run_dir, {"job": {"spec": spec.model_dump(), "paths": staging.paths}, "uploads": staging.uploads})
+    write_plan(run_dir, {"job": {"spec": spec.model_dump(), "paths": staging.paths}, "uploads": staging.uploads,
+                         "cluster_hosts": cluster})
     entry = ledger.Entry(session_id, chosen, str(Path(job_file).resolve()),
                          str(inventory.path) if inventory.path else None, time.time(), str(run_dir))
     ledger.record(entry)
-    err.print(f"session {session_id} on {', '.join(chosen)}", markup=False)
+    err.print(f"session {session_id} on {', '.join(chosen)}" + (" (one multi-node job)" if cluster else ""),
+              markup=False)
     return follow_session(entry, inventory, attach=False)

@@ -3,7 +3,8 @@
 The controller stages the job with a `cluster` part (this host's machine rank, the first host's address
 and port, this host's own address). The supervisor caps power, stops inference and waits for free GPUs
 like any session, then reports `ready` and waits: the controller writes GO in every host's session folder
-once all of them are ready, or STOP when one is not, so nobody trains unless everyone can.
+once all of them are ready, or a STOP saying "refused: <which host was not ready>" when one is not, so
+nobody trains unless everyone can.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 GO_FILE = "GO"
+REFUSED = "refused: "  # a STOP file that starts so: another host was not ready; this session is refused
 
 
 class ClusterError(Exception):

@@ -11,7 +11,7 @@ import fcntl
 import time
 from pathlib import Path
 
-from runner.host import inference, launch, nvml, power, serve
+from runner.host import firewall, inference, launch, nvml, power, serve
 from runner.host.status import Status, read_json
 
 
@@ -24,7 +24,9 @@ def restore(session_dir: Path, status: Status | None = None) -> bool:
         status.data = read_json(status.path) or status.data
         record: dict = {"started": time.time()}
         problems = []
-        for name, step in (("trainer", stop_trainer), ("power", restore_power), ("inference", restore_inference)):
+        steps = (("trainer", stop_trainer), ("rendezvous", close_rendezvous), ("power", restore_power),
+                 ("inference", restore_inference))
+        for name, step in steps:
             try:
                 record[name] = step(session_dir, spec, status, record)
             except (power.PowerError, inference.InferenceError, nvml.NvmlUnavailable, OSError) as err:
@@ -44,6 +46,14 @@ def stop_trainer(session_dir: Path, _spec: dict, _status: Status, _record: dict)
     inference.systemctl("stop", unit)
     (session_dir / "trainer.env").unlink(missing_ok=True)
     return f"stopped {unit}"
+
+
+def close_rendezvous(session_dir: Path, _spec: dict, _status: Status, _record: dict) -> str:
+    """A multi-node job's first host: its rendezvous port rule goes with the job."""
+    cluster = read_json(session_dir / "job.json").get("cluster") or {}
+    if int(cluster.get("machine_rank", -1)) != 0:
+        return "not the rendezvous host"
+    return firewall.close_rendezvous()
 
 
 def restore_power(session_dir: Path, _spec: dict, _status: Status, _record: dict) -> str:

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from runner.host import cluster, inference, launch, nvml, power, preflight
+from runner.host import cluster, firewall, inference, launch, nvml, power, preflight
 from runner.host.lock import HostBusy, HostLock
 from runner.host.preflight import Refusal
 from runner.host.restore import restore
@@ -21,6 +21,7 @@ from runner.host.status import Status, read_json, write_json
 from runner.host.telemetry import Telemetry, WatchdogLimits
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130
+RUNNER_STOP = "stop requested ('runner stop')"
 STOP_GRACE_S = 600  # how long a stopping trainer may take to checkpoint before it is terminated
 
 
@@ -66,7 +67,8 @@ class Session:
     def run(self) -> int:
         for old in ("STOP", cluster.GO_FILE):  # a resumed session starts without an old stop request, and waits again
             (self.dir / old).unlink(missing_ok=True)
-        self.status.drop("error", "restore", "summary", "trainer_done", "trainer_stopped")  # from an earlier try
+        # what an earlier try of this session left
+        self.status.drop("error", "restore", "summary", "trainer", "trainer_done", "trainer_stopped")
         self.status.update(session_id=self.job["session_id"], host=self.job.get("host", ""), pid=os.getpid(),
                            outcome="running", started=time.time(), ended=None, phases=[])
         try:
@@ -103,7 +105,7 @@ class Session:
 
     def _phase(self, name: str, step) -> None:
         if (self.dir / "STOP").exists() and not self.stop_reason:
-            self.request_stop("stop requested ('runner stop')")
+            self.request_stop(RUNNER_STOP)
         if self.stop_reason:
             raise StopRequested
         self.status.begin(name)
@@ -202,6 +204,8 @@ class Session:
         if not cluster.wait_for_go(self.dir, timeout, lambda: self.stop_reason is not None):
             stop = self.dir / "STOP"
             said = stop.read_text(errors="replace").strip() if stop.exists() else ""
+            if said.startswith(cluster.REFUSED):  # the controller: another host was not ready
+                raise Refusal(said.removeprefix(cluster.REFUSED))
             self.request_stop(said or "stop requested before every host was ready")
             raise StopRequested
         return "ok", f"every host is ready; {cluster.describe(self.job['cluster'], self.cluster_interface)}"
@@ -217,7 +221,12 @@ class Session:
                                   warn=self.status.warn, request_stop=self.request_stop)
             telemetry.start()
         try:
-            extra_env = cluster.launch_env(self.cluster_interface) if self.cluster_interface else {}
+            extra_env = {}
+            if self.cluster_interface:
+                extra_env = cluster.launch_env(self.cluster_interface)
+                if int(self.job["cluster"]["machine_rank"]) == 0:
+                    self.status.update(rendezvous=firewall.guard_rendezvous(self.job["cluster"]["port"],
+                                                                            self.cluster_interface))
             trainer = launch.start_trainer(self.job, self.dir, [g.name for g in self.gpus],
                                            take_token(self.dir), extra_env)
             rc = self._follow(trainer, telemetry)
@@ -238,8 +247,14 @@ class Session:
                 self.status.update(gpus=telemetry.latest)
             if rc is not None:
                 return rc
+            if (self.dir / "STOP").exists() and not self.stop_reason:
+                self.request_stop(RUNNER_STOP)
             if self.stop_reason and stop_seen is None:
                 stop_seen = time.monotonic()
+                if "trainer" not in self.status.data:
+                    # not training yet (loading, or a multi-node rendezvous waiting on a host that is gone):
+                    # nothing to checkpoint, so no grace period
+                    stop_seen -= STOP_GRACE_S + 1
             if stop_seen and time.monotonic() - stop_seen > STOP_GRACE_S:
                 trainer.terminate()
                 stop_seen = time.monotonic() + STOP_GRACE_S  # terminate again after two more grace periods

@@ -70,14 +70,29 @@ def test_a_host_waits_capped_until_told_and_a_stop_restores_it_untrained(host):
         status = wait_phase(session, "ready")
         assert host.limits_w() == {A_3090TI: 300, A_4090: 300}  # capped, GPUs free: waiting for the others
         assert "machine 1 of 2" in phase(status, "preflight")["detail"]
-        (session / "STOP").write_text("th1 was not ready: refused: GPU busy\n")
+        (session / "STOP").write_text("refused: th1 (refused: GPU busy) was not ready\n")
+        assert proc.wait(timeout=60) == 3
+    finally:
+        proc.kill()
+    status = json.loads((session / "status.json").read_text())
+    assert status["outcome"] == "refused" and status["error"].startswith("th1 (refused: GPU busy) was not ready")
+    assert phase(status, "ready")["outcome"] == "refused"
+    assert not (session / "train.json").exists()  # nobody trained
+    assert status["restore"]["ok"] and host.limits_w() == {A_3090TI: 450, A_4090: 450}
+
+
+@needs_root
+def test_runner_stop_while_waiting_is_a_stop(host):
+    session = host.session_dir(spec(), cluster=cluster_part())
+    proc = start(session)
+    try:
+        wait_phase(session, "ready")
+        (session / "STOP").touch()
         assert proc.wait(timeout=60) == 130
     finally:
         proc.kill()
     status = json.loads((session / "status.json").read_text())
-    assert status["outcome"] == "interrupted" and "th1 was not ready" in status["error"]
-    assert phase(status, "ready")["outcome"] == "stopped"
-    assert not (session / "train.json").exists()  # nobody trained
+    assert status["outcome"] == "interrupted" and phase(status, "ready")["outcome"] == "stopped"
     assert status["restore"]["ok"] and host.limits_w() == {A_3090TI: 450, A_4090: 450}
 
 
@@ -96,3 +111,31 @@ def test_a_cluster_address_the_host_does_not_hold_is_refused_before_any_change(h
     rc, status = host.run(host.session_dir(spec(), cluster=part))
     assert rc == 3 and "no interface of this host holds its cluster address" in status["error"]
     assert host.limits_w() == {A_3090TI: 450, A_4090: 450}
+
+
+@needs_root
+def test_a_stop_while_the_trainer_waits_for_a_peer_that_never_comes_ends_it_at_once(host, tmp_path):
+    from runner.templates import render
+
+    session = host.session_dir(spec(), cluster={**cluster_part(), "main_address": "127.0.0.1"})
+    (session / "accelerate.yaml").write_text(render(
+        "accelerate/default_config.yaml.j2", accelerate_config_gpus=[], accelerate_config_port=29613,
+        accelerate_config_machines=2, accelerate_config_machine_rank=1, accelerate_config_main_address="127.0.0.1",
+        accelerate_config_processes_per_machine=1))
+    proc = start(session)
+    try:
+        wait_phase(session, "ready")
+        (session / "GO").touch()
+        wait_phase(session, "train")
+        time.sleep(3)  # the launcher is up, waiting for machine 0 at 127.0.0.1:29613, which never comes
+        assert proc.poll() is None
+        stopped = time.monotonic()
+        (session / "STOP").touch()  # what 'runner stop' (or the controller, when a peer failed) does
+        assert proc.wait(timeout=60) == 130
+        took = time.monotonic() - stopped
+    finally:
+        proc.kill()
+    status = json.loads((session / "status.json").read_text())
+    assert status["outcome"] == "interrupted" and status["error"] == "stop requested ('runner stop')"
+    assert took < 30  # no checkpoint grace for a trainer that never started training
+    assert status["restore"]["ok"] and host.limits_w() == {A_3090TI: 450, A_4090: 450}

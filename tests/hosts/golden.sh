@@ -13,7 +13,8 @@ MIRROR=${TH_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 # python3-apt: ansible.builtin.apt needs it and could not install it later (no network inside).
 # libnuma1: vLLM's CPU kernels (vllm._C) link to it.
-PKGS=systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-pip,python3-apt,sudo,iproute2,curl,ca-certificates,procps,libnuma1
+# nftables: a multi-node job keeps its rendezvous port to the cluster interface with it (session_unit installs it).
+PKGS=systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-pip,python3-apt,sudo,iproute2,nftables,curl,ca-certificates,procps,libnuma1
 VENV=/home/serve/vllm-serve/venv                # the seed's path
 MODEL=/opt/models/tiny-chat
 # NVML from Python for tests and checks. Apart from the vLLM venv, whose path contains "vllm": the GPU

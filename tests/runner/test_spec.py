@@ -73,6 +73,7 @@ def test_cli_bad_spec_exits_2_and_touches_nothing(home, path):
 @pytest.mark.parametrize(("args", "message"), [
     (["--hosts", "nosuch"], "unknown host 'nosuch'"),
     (["-i", "no-such-inventory.ini"], "no such inventory"),
+    (["--multi-node"], "--multi-node needs at least two hosts (got localhost)"),
 ])
 def test_cli_bad_hosts_or_inventory_exit_2(home, args, message):
     result = run_runner("train", str(REPO / "examples" / "demo.yaml"), *args)

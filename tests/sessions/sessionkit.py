@@ -71,12 +71,13 @@ def wait_for_step(host, session: str, step: int, timeout: float = 240) -> None:
 class Background:
     """`runner train` running in the background, as a user's terminal would run it."""
 
-    def __init__(self, job: Path, inventory, hosts: str, cwd: Path):
+    def __init__(self, job: Path, inventory, hosts: str, cwd: Path, *args: str):
         runner = str(Path(sys.executable).parent / "runner")
         self.log = cwd / f"controller-{time.monotonic_ns()}.log"
         with self.log.open("w") as log:
-            self.process = subprocess.Popen([runner, "train", str(job), "-i", str(inventory.path), "--hosts", hosts],
-                                            cwd=cwd, stdout=log, stderr=log, start_new_session=True)
+            self.process = subprocess.Popen(
+                [runner, "train", str(job), "-i", str(inventory.path), "--hosts", hosts, *args],
+                cwd=cwd, stdout=log, stderr=log, start_new_session=True)
         self.session = self._session_id()
 
     def _session_id(self, timeout: float = 60) -> str:
