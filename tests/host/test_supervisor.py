@@ -74,12 +74,26 @@ def test_second_session_is_refused_naming_the_holder(host):
         proc.wait(timeout=120)
 
 
+def read_status(session) -> dict:
+    path = session / "status.json"
+    return json.loads(path.read_text() or "{}") if path.exists() else {}
+
+
 def test_heat_stops_the_trainer_gracefully_and_restores(host):
-    host.edit_state(lambda s: s["gpus"][1]["force"].update(temperature_c=95))
     session = host.session_dir(spec(train={"max_steps": 50000, "save_steps": 20000},
                                     power={"max_temperature_c": 85, "hot_grace_s": 2}))
-    rc, status = host.run(session)
+    proc = subprocess.Popen([sys.executable, "-m", "runner.host", "session", str(session)])
+    try:
+        deadline = time.time() + 120
+        while not read_status(session).get("step"):
+            assert proc.poll() is None and time.time() < deadline, "the trainer never reached a step"
+            time.sleep(0.2)
+        host.edit_state(lambda s: s["gpus"][1]["force"].update(temperature_c=95))  # the card heats up mid-run
+        rc = proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    status = json.loads((session / "status.json").read_text())
     assert (rc, status["outcome"]) == (130, "interrupted"), (status, (session / "train.log").read_text()[-3000:])
     assert "above 85 C" in status["error"]
-    assert status.get("trainer_stopped")  # the trainer checkpointed and said so
+    assert status["trainer_stopped"]["checkpoint"]  # the trainer checkpointed and said so
     assert status["restore"]["ok"] and host.limits_w() == {A_3090TI: 450, A_4090: 450}
