@@ -62,7 +62,8 @@ def check(job: dict, training_root: Path, config: power.PowerConfig) -> Prefligh
     check_paths(job["paths"])
     check_disk(training_root)
     result.inference_active = check_inference(spec["inference"])
-    result.strategy, result.strategy_reason = pick_strategy(spec, job["paths"]["model"], result.gpus)
+    result.strategy, result.strategy_reason = pick_strategy(spec, job["paths"]["model"], result.gpus,
+                                                            job.get("cluster"))
     if job.get("cluster"):
         result.cluster_interface = check_cluster(job["cluster"])
         result.notes.append(cluster.describe(job["cluster"], result.cluster_interface))
@@ -76,16 +77,22 @@ def check_cluster(part: dict) -> str:
         raise Refusal(str(err)) from None
 
 
-def pick_strategy(spec: dict, model: str, gpus: list[nvml.Gpu]) -> tuple[str, str]:
-    """DDP or FSDP across this host's GPUs, and why; the job may set it."""
+def pick_strategy(spec: dict, model: str, gpus: list[nvml.Gpu], cluster: dict | None = None) -> tuple[str, str]:
+    """DDP or FSDP across the job's GPUs, and why; the job may set it. A multi-node job counts every
+    machine's processes (this host's share of them uses its first GPUs); the playbook then takes FSDP for
+    the whole job if any host needs it."""
     wanted = spec.get("strategy", "auto")
-    if len(gpus) < 2:
+    memory = [g.memory_total_mib / 1024 for g in gpus]
+    if cluster:
+        share = memory[: int(cluster["processes_per_machine"])]
+        memory = share * int(cluster["num_machines"]) if share else []
+    if len(memory) < 2:
         return "ddp", ""
     if wanted != "auto":
         return wanted, f"{wanted}: set by the job"
     if not Path(model).is_dir():
         return "ddp", "ddp: the model's size is not known on the host yet; set strategy: fsdp if it needs pooling"
-    chosen = choose_strategy(model, spec["method"], [g.memory_total_mib / 1024 for g in gpus])
+    chosen = choose_strategy(model, spec["method"], memory)
     return chosen.name, chosen.reason
 
 

@@ -97,3 +97,25 @@ def test_the_index_total_size_is_used_when_present(model_dir):
 def test_file_sizes_are_used_and_fp32_files_count_as_bf16(model_dir):
     folder = model_dir({**TINY, "torch_dtype": "float32"}, **{"model-1": 10 * 2**30, "model-2": 10 * 2**30})
     assert choose_strategy(folder, "lora", [24.0, 24.0]).weights_gib == 10  # 20 GiB of fp32, trained in bf16
+
+
+def gpu(index: int, gib: float):
+    from runner.host.nvml import Gpu
+
+    return Gpu(index, f"GPU-{index:08d}-0000-4000-8000-000000000000", "NVIDIA GeForce RTX 4080", f"0000:0{index}:00.0",
+               int(gib * 1024), (8, 9), 150, 320, 320, 320, 320, True)
+
+
+def test_a_multi_node_job_counts_every_machines_gpus(model_dir):
+    from runner.host.preflight import pick_strategy
+
+    spec = {"strategy": "auto", "method": "qlora"}
+    model = str(model_dir(MISTRAL_24B))
+    alone = pick_strategy(spec, model, [gpu(0, 16)])
+    assert alone == ("ddp", "")  # one GPU: nothing to shard over
+    two_machines = {"num_machines": 2, "processes_per_machine": 1}
+    name, reason = pick_strategy(spec, model, [gpu(0, 16)], two_machines)
+    assert name == "fsdp" and "sharded over 2 GPUs" in reason  # 13.2 GiB of 4-bit weights pooled over 2 x 16 GiB
+    # a host whose second GPU the job does not use (every machine runs one process) counts one
+    name, reason = pick_strategy(spec, model, [gpu(0, 16), gpu(1, 48)], {"num_machines": 3, "processes_per_machine": 1})
+    assert name == "fsdp" and "sharded over 3 GPUs" in reason and "16.0 GiB" in reason
