@@ -66,6 +66,12 @@ def interface_for(address: str, wanted: str | None = None) -> str:
                        "inventory to this host's address on the network the hosts share (or cluster_interface)")
 
 
+def hosts_rendezvous(job: dict) -> bool:
+    """Whether this host is machine 0 of a multi-node job: its rendezvous port is guarded, then released."""
+    part = job.get("cluster") or {}
+    return bool(part) and int(part["machine_rank"]) == 0
+
+
 def describe(cluster: dict, interface: str) -> str:
     return (f"machine {cluster['machine_rank']} of {cluster['num_machines']}, rendezvous "
             f"{cluster['main_address']}:{cluster['port']}, collectives over {interface}")

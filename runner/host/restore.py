@@ -11,14 +11,14 @@ import fcntl
 import time
 from pathlib import Path
 
-from runner.host import firewall, inference, launch, nvml, power, serve
+from runner.host import cluster, firewall, inference, launch, nvml, power, serve
 from runner.host.status import Status, read_json
 
 
 def restore(session_dir: Path, status: Status | None = None) -> bool:
     """Bring the host back; returns False (and records why in status.json) if any part failed."""
     status = status or Status(session_dir)
-    spec = read_json(session_dir / "job.json").get("spec", {})
+    job = read_json(session_dir / "job.json")
     with (session_dir / ".restore.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another guard may be restoring right now: wait for it
         status.data = read_json(status.path) or status.data
@@ -28,7 +28,7 @@ def restore(session_dir: Path, status: Status | None = None) -> bool:
                  ("inference", restore_inference))
         for name, step in steps:
             try:
-                record[name] = step(session_dir, spec, status, record)
+                record[name] = step(session_dir, job, status, record)
             except (power.PowerError, inference.InferenceError, nvml.NvmlUnavailable, OSError) as err:
                 record[name] = f"FAILED: {err}"
                 problems.append(f"{name}: {err}")
@@ -37,7 +37,7 @@ def restore(session_dir: Path, status: Status | None = None) -> bool:
     return not problems
 
 
-def stop_trainer(session_dir: Path, _spec: dict, _status: Status, _record: dict) -> str:
+def stop_trainer(session_dir: Path, _job: dict, _status: Status, _record: dict) -> str:
     """A trainer unit outliving its supervisor (killed, say) is stopped before the GPUs are handed back."""
     (session_dir / "trainer.env").unlink(missing_ok=True)  # it may hold the HF token: gone with the trainer
     unit = f"gpu-runner-trainer@{session_dir.name}.service"
@@ -48,15 +48,14 @@ def stop_trainer(session_dir: Path, _spec: dict, _status: Status, _record: dict)
     return f"stopped {unit}"
 
 
-def close_rendezvous(session_dir: Path, _spec: dict, _status: Status, _record: dict) -> str:
+def close_rendezvous(_session_dir: Path, job: dict, _status: Status, _record: dict) -> str:
     """A multi-node job's first host: its rendezvous port rule goes with the job."""
-    cluster = read_json(session_dir / "job.json").get("cluster") or {}
-    if int(cluster.get("machine_rank", -1)) != 0:
+    if not cluster.hosts_rendezvous(job):
         return "not the rendezvous host"
     return firewall.close_rendezvous()
 
 
-def restore_power(session_dir: Path, _spec: dict, _status: Status, _record: dict) -> str:
+def restore_power(session_dir: Path, _job: dict, _status: Status, _record: dict) -> str:
     before = read_json(session_dir / "power_before.json")
     if not before:
         return "unchanged: the session did not change power limits"
@@ -75,8 +74,8 @@ def served_name(job_name: str | None) -> str | None:
     return record["name"] if record.get("mode") == "merged" and record.get("name") else job_name
 
 
-def restore_inference(_session_dir: Path, spec: dict, status: Status, record: dict) -> str:
-    inf = spec.get("inference") or {}
+def restore_inference(_session_dir: Path, job: dict, status: Status, record: dict) -> str:
+    inf = job.get("spec", {}).get("inference") or {}
     service = inf.get("service")
     if not service or inf.get("mode") != "stop" or not status.data.get("inference_stopped_at"):
         return "unchanged: the session did not stop inference"

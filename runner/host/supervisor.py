@@ -103,10 +103,14 @@ class Session:
             self._finish("failed", str(err))
             return EXIT_FAILED
 
-    def _phase(self, name: str, step) -> None:
+    def _stop_requested(self) -> bool:
+        """A stop so far: a signal, the watchdog, or 'runner stop' (the STOP file the trainer reads too)."""
         if (self.dir / "STOP").exists() and not self.stop_reason:
             self.request_stop(RUNNER_STOP)
-        if self.stop_reason:
+        return self.stop_reason is not None
+
+    def _phase(self, name: str, step) -> None:
+        if self._stop_requested():
             raise StopRequested
         self.status.begin(name)
         try:
@@ -224,7 +228,7 @@ class Session:
             extra_env = {}
             if self.cluster_interface:
                 extra_env = cluster.launch_env(self.cluster_interface)
-                if int(self.job["cluster"]["machine_rank"]) == 0:
+                if cluster.hosts_rendezvous(self.job):
                     self.status.update(rendezvous=firewall.guard_rendezvous(self.job["cluster"]["port"],
                                                                             self.cluster_interface))
             trainer = launch.start_trainer(self.job, self.dir, [g.name for g in self.gpus],
@@ -239,7 +243,7 @@ class Session:
     def _follow(self, trainer: launch.ProcessTrainer | launch.UnitTrainer, telemetry: Telemetry | None) -> int:
         """Mirror the trainer's metrics into status.json until it exits; escalate a stop that stalls."""
         metrics = self.dir / "metrics.jsonl"
-        offset, stop_seen = 0, None
+        offset, terminate_at = 0, None
         while True:
             rc = trainer.poll()
             offset = self._read_metrics(metrics, offset)
@@ -247,17 +251,13 @@ class Session:
                 self.status.update(gpus=telemetry.latest)
             if rc is not None:
                 return rc
-            if (self.dir / "STOP").exists() and not self.stop_reason:
-                self.request_stop(RUNNER_STOP)
-            if self.stop_reason and stop_seen is None:
-                stop_seen = time.monotonic()
-                if "trainer" not in self.status.data:
-                    # not training yet (loading, or a multi-node rendezvous waiting on a host that is gone):
-                    # nothing to checkpoint, so no grace period
-                    stop_seen -= STOP_GRACE_S + 1
-            if stop_seen and time.monotonic() - stop_seen > STOP_GRACE_S:
+            if self._stop_requested() and terminate_at is None:
+                # a trainer not training yet (loading, or a multi-node rendezvous waiting on a host that is
+                # gone) has nothing to checkpoint, so no grace period
+                terminate_at = time.monotonic() + (STOP_GRACE_S if "trainer" in self.status.data else 0)
+            if terminate_at is not None and time.monotonic() >= terminate_at:
                 trainer.terminate()
-                stop_seen = time.monotonic() + STOP_GRACE_S  # terminate again after two more grace periods
+                terminate_at = time.monotonic() + 2 * STOP_GRACE_S  # then terminate again
             time.sleep(1)
 
     def _read_metrics(self, path: Path, offset: int) -> int:
