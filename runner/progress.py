@@ -19,10 +19,10 @@ FOLLOW_TASKS = (FOLLOW_TASK, "Wait until every host is ready")
 PRINT_EVERY_S = 5.0
 
 
-def host_status(event: dict, tasks: tuple[str, ...] = FOLLOW_TASKS) -> tuple[str, dict] | None:
-    """(host, status) from an ansible-runner event of one of `tasks`; None for any other event."""
+def host_status(event: dict) -> tuple[str, dict] | None:
+    """(host, status) from an ansible-runner event of a follow task; None for any other event."""
     data = event.get("event_data", {})
-    if data.get("task") not in tasks or event.get("event") not in ("runner_retry", "runner_on_ok"):
+    if data.get("task") not in FOLLOW_TASKS or event.get("event") not in ("runner_retry", "runner_on_ok"):
         return None
     try:
         return data.get("host", "?"), json.loads(data.get("res", {}).get("stdout") or "{}")
@@ -59,7 +59,7 @@ def phase_lines(host: str, status: dict, shown: set) -> list[str]:
 
 
 class Progress:
-    """Receives ansible-runner events; keeps and draws the latest status of each host."""
+    """Keeps and draws the latest status of each host (from host_status of the playbook's events)."""
 
     def __init__(self, hosts: list[str], console: Console | None = None):
         self.console = console or Console(stderr=True, soft_wrap=True)
@@ -77,11 +77,6 @@ class Progress:
     def __exit__(self, *exc) -> None:
         if self.live:
             self.live.__exit__(*exc)
-
-    def on_event(self, event: dict) -> None:
-        found = host_status(event)
-        if found:
-            self.update(*found)
 
     def update(self, host: str, status: dict) -> None:
         self.status[host] = status

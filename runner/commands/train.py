@@ -172,9 +172,11 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool) -> i
     peers = PeerWatch(inventory, entry.hosts, entry.id) if plan.get("cluster_hosts") else None
 
     def on_event(event: dict) -> None:
-        progress.on_event(event)
-        found = host_status(event, (FOLLOW_TASK,))  # once training; before, the playbook's barrier decides
-        if peers and found:
+        found = host_status(event)
+        if not found:
+            return
+        progress.update(*found)
+        if peers and event["event_data"]["task"] == FOLLOW_TASK:  # once training; before, the barrier decides
             peers.update(*found)
 
     try:

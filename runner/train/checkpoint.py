@@ -26,11 +26,6 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = checkpoints(output_dir)
-    return found[-1] if found else None
-
-
 def save_checkpoint(
     accelerator: Any,
     wrapped: nn.Module,
@@ -77,14 +72,13 @@ def save_checkpoint(
     return final
 
 
-def agreed_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest checkpoint every rank has (hosts of a multi-node job may have stopped one apart)."""
+def agreed_checkpoint(output_dir: str | Path, device: torch.device) -> Path | None:
+    """The newest checkpoint every rank has (hosts of a multi-node job may have stopped one apart);
+    a collective when several ranks run: all call it."""
     found = {int(_NAME.match(p.name).group(1)): p for p in checkpoints(output_dir)}
     newest = max(found, default=0)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        agreed = torch.tensor(newest, dtype=torch.int64)
-        if torch.distributed.get_backend() == "nccl":
-            agreed = agreed.cuda()
+        agreed = torch.tensor(newest, dtype=torch.int64, device=device)
         torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
         newest = int(agreed)
     if newest and newest not in found:

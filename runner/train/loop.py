@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import agreed_checkpoint, load_checkpoint, save_adapter, save_checkpoint
+from .checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from .config import TrainSettings
 from .metrics import Metrics
 from .packing import BatchPlan, collate_packed, collate_padded
@@ -105,15 +105,11 @@ class Trainer:
         self.step = 0
         self.last_loss: float | None = None
 
-    def resume(self) -> Path | None:
-        """Continue from the newest complete checkpoint that every rank has, if any; returns it."""
-        path = agreed_checkpoint(self.output_dir)
-        if path is None:
-            return None
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint (the newest complete one every rank has: checkpoint.agreed_checkpoint)."""
         state = load_checkpoint(self.accelerator, path, self.wrapped, self.peft_model, self.optimizer, self.scheduler)
         self.step = state["step"]
         log.info("resumed from %s at step %d", path, self.step)
-        return path
 
     def state(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,18 +37,18 @@ def make_accelerator(collective_timeout_s: float | None = None) -> Any:
     (multi-node) makes a rank whose peer is gone fail instead of waiting for torch's default."""
     from accelerate import Accelerator
 
-    handlers = []
+    settings: dict[str, Any] = {}
     if collective_timeout_s:
         from accelerate.utils import InitProcessGroupKwargs
 
-        handlers.append(InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=collective_timeout_s)))
+        settings["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=collective_timeout_s))]
     precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if not torch.cuda.is_available():
-        return Accelerator(cpu=True, kwargs_handlers=handlers)  # without cpu=True, CPU ranks would each run alone
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        settings["cpu"] = True  # without cpu=True, launched CPU ranks would each run alone
+    elif precision == "bf16" and not torch.cuda.is_bf16_supported():
         log.warning("bf16 is not supported on this GPU; using fp16")
-        return Accelerator(mixed_precision="fp16", kwargs_handlers=handlers)
-    return Accelerator(kwargs_handlers=handlers)
+        settings["mixed_precision"] = "fp16"
+    return Accelerator(**settings)
 
 
 def strategy_name(accelerator: Any) -> str:
@@ -87,7 +88,8 @@ def run_session(
         model.set_attn_implementation(features.attention)
     peft_model = prepare_model(model, cfg.lora, features)
     loss_model = CausalLMLoss(peft_model)
-    sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy)
+    saved = agreed_checkpoint(cfg.output_dir, accelerator.device) if cfg.resume else None
+    sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy, saved)
     if features.compile:
         compile_layers(peft_model)
     plan = BatchPlan(
@@ -141,14 +143,15 @@ def run_session(
         pad_id=tokenizer.pad_token_id if tokenizer else 0,
         run_info=info,
     )
-    if cfg.resume:
-        trainer.resume()
+    if saved is not None:
+        trainer.resume(saved)
     return trainer.run()
 
 
-def _sizing(cfg: TrainConfig, accelerator: Any, loss_model: CausalLMLoss, packing: bool, strategy: str) -> Sizing:
+def _sizing(
+    cfg: TrainConfig, accelerator: Any, loss_model: CausalLMLoss, packing: bool, strategy: str, saved: Path | None
+) -> Sizing:
     """A resumed run keeps its checkpoint's batch shape (the data position needs it); else probe memory."""
-    saved = agreed_checkpoint(cfg.output_dir) if cfg.resume else None
     if saved is not None:
         state = json.loads((saved / STATE_FILE).read_text())
         settings = dataclasses.replace(
