@@ -87,6 +87,9 @@ def run_session(
     else:
         model.set_attn_implementation(features.attention)
     peft_model = prepare_model(model, cfg.lora, features)
+    # from_pretrained returns eval mode: dropout and activation checkpointing act only in training mode.
+    # Everything from here on trains (the sizing probe too, so it measures checkpointing as it will run).
+    peft_model.train()
     loss_model = CausalLMLoss(peft_model)
     saved = agreed_checkpoint(cfg.output_dir, accelerator.device) if cfg.resume else None
     sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy, saved)
