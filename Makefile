@@ -1,4 +1,5 @@
 # make demo: a real training session on localhost with a tiny model.   make test: the whole suite.
+# make check: lint + the tests that boot no test host and take seconds each (the inner loop).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ TINY := examples/models/tiny-chat
 # The CPU wheel of torch 2.13.0 on the dev/CI machines; GPU hosts install a CUDA build (see README).
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test lint deps clean
+.PHONY: venv demo test check lint deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +35,9 @@ lint: venv
 
 test: venv deps $(TINY) lint
 	$(BIN)/pytest
+
+check: venv $(TINY) lint
+	$(BIN)/pytest -q -m "not hosts and not slow and not gpu"
 
 clean:
 	rm -rf $(VENV) $(TINY) runs
