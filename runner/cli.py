@@ -10,28 +10,47 @@ from rich.console import Console
 
 from runner.errors import EXIT_INTERRUPTED, RunnerError
 
+# Plain click help: rich panels print a type for every option ("--dry-run <bool>", "--set <list[str]>")
 app = typer.Typer(help="Turn a vLLM box into a safe fine-tuning machine and back, from your laptop.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 err_console = Console(stderr=True)
 
-Hosts = Annotated[str | None, typer.Option("--hosts", help="Comma-separated host names (default: all).")]
-InventoryOpt = Annotated[str | None, typer.Option("-i", "--inventory",
+Hosts = Annotated[str | None, typer.Option("--hosts", metavar="NAME,...",
+                                            help="Comma-separated host names (default: all).")]
+InventoryOpt = Annotated[str | None, typer.Option("-i", "--inventory", metavar="FILE",
                                                   help="Ansible inventory (default: localhost).")]
 
 
-@app.callback()
-def _group() -> None:
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"runner (gpu-runner) {version('gpu-runner')}")
+        raise typer.Exit(0)
+
+
+@app.callback(invoke_without_command=True)
+def _group(
+    ctx: typer.Context,
+    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                           help="Print the version and exit.")] = False,
+) -> None:
     """Turn a vLLM box into a safe fine-tuning machine and back, from your laptop."""
+    if ctx.invoked_subcommand is None:  # bare `runner`: the help, and success
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
 
 
 @app.command()
 def train(
-    job: Annotated[str | None, typer.Argument(help="The job spec (YAML).")] = None,
+    job: Annotated[str | None, typer.Argument(metavar="JOB.yaml", help="The job spec (YAML).")] = None,
     hosts: Hosts = None,
     inventory: InventoryOpt = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: train.learning_rate=1e-4.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override a key: train.learning_rate=1e-4.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; change nothing.")] = False,
-    resume: Annotated[str | None, typer.Option("--resume", help="Continue session ID from its newest checkpoint.")]
+    resume: Annotated[str | None, typer.Option(
+        "--resume", metavar="ID", help="Continue session ID from its newest checkpoint.")]
     = None,
     multi_node: Annotated[bool, typer.Option(
         "--multi-node", help="One job across the hosts (the first hosts the rendezvous), not one per host.")] = False,
@@ -42,12 +61,12 @@ def train(
     raise typer.Exit(run_train(job, hosts, inventory, set_ or [], dry_run, resume, multi_node))
 
 
-SessionId = Annotated[str, typer.Argument(help="A session id ('runner status' lists them).")]
+SessionId = Annotated[str, typer.Argument(metavar="ID", help="A session id ('runner status' lists them).")]
 
 
 @app.command()
 def status(
-    session: Annotated[str | None, typer.Argument(help="One session (default: all).")] = None,
+    session: Annotated[str | None, typer.Argument(metavar="ID", help="One session (default: all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the sessions as JSON.")] = False,
 ) -> None:
     """List sessions from the local ledger, with live state from the hosts."""
@@ -104,17 +123,19 @@ def hosts_(hosts: Hosts = None, inventory: InventoryOpt = None) -> None:
 
 @app.command()
 def serve(
-    session: Annotated[str | None, typer.Argument(help="The session whose fine-tune to serve.")] = None,
+    session: Annotated[str | None, typer.Argument(metavar="ID", help="The session whose fine-tune to serve.")] = None,
     adapter: Annotated[bool, typer.Option("--adapter", help="Serve the LoRA adapter on the base (default).")]
     = False,
     merge: Annotated[bool, typer.Option("--merge", help="Merge onto the unquantized base and serve that.")] = False,
     hosts: Hosts = None,
     inventory: InventoryOpt = None,
-    name: Annotated[str | None, typer.Option("--name", help="The model name clients use (ft-<session>).")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", metavar="NAME", help="The model name clients use (ft-<session>).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="Show what each host serves now.")] = False,
     revert: Annotated[bool, typer.Option("--revert", help="Go back to the base configuration.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --list: print JSON.")] = False,
-    health_timeout: Annotated[int, typer.Option("--health-timeout", help="Seconds vLLM may take to be healthy.")]
+    health_timeout: Annotated[int, typer.Option(
+        "--health-timeout", metavar="SECONDS", help="Seconds vLLM may take to be healthy.")]
     = 600,
 ) -> None:
     """Serve a session's fine-tune with vLLM (health-gated, rolled back on failure); --list; --revert."""
@@ -124,8 +145,16 @@ def serve(
                                health_timeout))
 
 
-power_app = typer.Typer(help="GPU power limits and the PSU budget.", no_args_is_help=True)
+power_app = typer.Typer(help="GPU power limits and the PSU budget.", rich_markup_mode=None)
 app.add_typer(power_app, name="power")
+
+
+@power_app.callback(invoke_without_command=True)
+def _power(ctx: typer.Context) -> None:
+    """GPU power limits and the PSU budget."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
 
 
 @power_app.command("plan")
@@ -138,7 +167,7 @@ def power_plan(hosts: Hosts = None, inventory: InventoryOpt = None) -> None:
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="runner")
     except RunnerError as err:
         err_console.print(f"Error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
