@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.errors import UsageError
+from runner.train.config import ATTENTIONS, FORMATS, MAX_SEED, METHODS, ConfigError, parse_config
 
 Auto = Literal["auto"]
 UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
@@ -22,7 +23,7 @@ UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"
 class Section(BaseModel):
     """A part of the spec: unknown keys are errors, values are checked strictly."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraSection(Section):
@@ -30,6 +31,14 @@ class LoraSection(Section):
     alpha: Annotated[float, Field(gt=0)] | None = None  # None: twice the rank
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value):
+        if isinstance(value, list) and (not value or not all(name.strip() for name in value)):
+            raise ValueError("an empty list or name trains nothing; use 'all-linear' or name modules such as "
+                             "[q_proj, v_proj]")
+        return value
 
 
 class TrainSection(Section):
@@ -40,12 +49,12 @@ class TrainSection(Section):
     grad_accum: Annotated[int, Field(gt=0)] = 1
     max_seq_len: Annotated[int, Field(ge=16, le=131072)] = 2048
     packing: bool | Auto = "auto"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     save_steps: Annotated[int, Field(gt=0)] = 50
     gradient_checkpointing: bool | Auto = "auto"  # auto: only when memory needs it
     liger: bool | Auto = "auto"
     compile: bool | Auto = "auto"
-    attention: Literal["auto", "sdpa", "flex", "flash", "eager"] = "auto"
+    attention: Literal[ATTENTIONS] = "auto"  # the trainer's own list (runner/train/config.py)
 
 
 class PowerSection(Section):
@@ -101,8 +110,8 @@ class OutputSection(Section):
 class JobSpec(Section):
     model: Annotated[str, Field(min_length=1)]
     dataset: Annotated[str, Field(min_length=1)]
-    format: Literal["auto", "chat", "instruction", "text"] = "auto"
-    method: Literal["lora", "qlora"] = "lora"
+    format: Literal[FORMATS] = "auto"
+    method: Literal[METHODS] = "lora"
     # auto: DDP where the base weights fit the smallest GPU, FSDP (pooled VRAM) where they do not
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     trust_remote_code: bool = False  # model repos can ship code; off unless the job says so
@@ -119,14 +128,38 @@ class JobSpec(Section):
             self.lora.alpha = 2.0 * self.lora.rank
         return self
 
+    @model_validator(mode="after")
+    def _trainer_accepts_it(self):
+        """The trainer's own parsing, on the config the host will hand it: what passes here trains there."""
+        try:
+            parse_config(trainer_settings(self.model_dump()))
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+def trainer_settings(spec: dict) -> dict:
+    """The trainer config's part that comes from the spec (runner/host/launch.py adds the host's paths)."""
+    return {"model": spec["model"], "dataset": spec["dataset"], "output_dir": "output", "format": spec["format"],
+            "method": spec["method"], "lora": spec["lora"], "train": spec["train"],
+            "trust_remote_code": spec["trust_remote_code"]}
+
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     """Read a job file, apply `--set key=value` overrides, and validate the result."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise UsageError(f"{path}: no such job file. Check the path, or start from examples/demo.yaml.") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder; give the job file inside it, e.g. {path}/job.yaml.") from None
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise UsageError(f"{path}: line {line} is not UTF-8 text (byte 0x{err.object[err.start]:02x}); "
+                         "save the job file as UTF-8.") from None
+    except DuplicateKey as err:
+        raise UsageError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -138,6 +171,24 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     for item in overrides:
         apply_override(data, item)
     return validate_spec(data, source=str(path))
+
+
+class DuplicateKey(ValueError):
+    """A key given twice in one mapping: YAML would keep the last silently."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (two train: sections, say)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKey(f"'{key}' appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                   "keep one, YAML would silently use the last.")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -179,7 +230,7 @@ def describe_error(error: dict[str, Any]) -> str:
     got = error.get("input")
     shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
     msg = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {msg}{shown}. Fix the value in the job file or the --set override."
+    return f"{key + ': ' if key else ''}{msg}{shown}. Fix the value in the job file or the --set override."
 
 
 def _is_union_branch(part) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,10 @@ from typing import Any
 AUTO = "auto"
 FORMATS = ("auto", "chat", "instruction", "text")
 METHODS = ("lora", "qlora")
+# The one list of values: the job spec (runner/spec.py) imports these, so the laptop accepts what the trainer does
 ATTENTIONS = ("auto", "varlen", "flash_attention_2", "flex_attention", "sdpa", "eager")
+PADDING_FREE_ATTENTIONS = ("varlen", "flash_attention_2")  # these read packed rows only
+MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate seeds numpy too)
 
 
 class ConfigError(ValueError):
@@ -108,6 +112,8 @@ def _validate(cfg: TrainConfig) -> None:
         value = getattr(t, key)
         if value != AUTO and not isinstance(value, bool):
             raise ConfigError(f'train.{key} must be true, false or "auto", not {value!r}')
+    if t.packing is False and t.attention in PADDING_FREE_ATTENTIONS:
+        raise ConfigError(f"train.attention {t.attention} needs train.packing true (padding-free rows)")
     _positive_int("train.batch_size", t.batch_size, allow_auto=True)
     _positive_int("train.grad_accum", t.grad_accum)
     _positive_int("train.max_seq_len", t.max_seq_len)
@@ -115,16 +121,36 @@ def _validate(cfg: TrainConfig) -> None:
     _positive_int("lora.rank", cfg.lora.rank)
     if t.max_steps is not None:
         _positive_int("train.max_steps", t.max_steps)
-    if not t.epochs > 0:
-        raise ConfigError(f"train.epochs must be > 0, not {t.epochs!r}")
-    if not t.learning_rate > 0:
-        raise ConfigError(f"train.learning_rate must be > 0, not {t.learning_rate!r}")
-    if cfg.collective_timeout_s is not None and not (
-        isinstance(cfg.collective_timeout_s, int | float) and cfg.collective_timeout_s > 0
-    ):
-        raise ConfigError(f"collective_timeout_s must be > 0 seconds, not {cfg.collective_timeout_s!r}")
-    if not 0 <= cfg.lora.dropout < 1:
-        raise ConfigError(f"lora.dropout must be in [0, 1), not {cfg.lora.dropout!r}")
+    if isinstance(t.seed, bool) or not isinstance(t.seed, int) or not 0 <= t.seed <= MAX_SEED:
+        raise ConfigError(f"train.seed must be an integer from 0 to {MAX_SEED}, not {t.seed!r}")
+    _number("train.epochs", t.epochs, low=0)
+    _number("train.learning_rate", t.learning_rate, low=0)
+    _number("train.warmup_ratio", t.warmup_ratio, low=0, high=1, low_inclusive=True)
+    _number("train.weight_decay", t.weight_decay, low=0, low_inclusive=True)
+    _number("train.max_grad_norm", t.max_grad_norm, low=0)
+    _number("lora.alpha", cfg.lora.alpha, low=0)
+    _number("lora.dropout", cfg.lora.dropout, low=0, high=1, low_inclusive=True)
+    if cfg.collective_timeout_s is not None:
+        _number("collective_timeout_s", cfg.collective_timeout_s, low=0)
+    _target_modules(cfg.lora.target_modules)
+
+
+def _number(key: str, value: object, low: float, high: float = math.inf, low_inclusive: bool = False) -> None:
+    """A finite number in (low, high) or [low, high)."""
+    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+          and (value >= low if low_inclusive else value > low) and value < high)
+    if not ok:
+        bounds = f"{'[' if low_inclusive else '('}{low:g}, {high:g})" if high < math.inf else \
+            f"{'>=' if low_inclusive else '>'} {low:g}"
+        raise ConfigError(f"{key} must be a finite number {'in ' if high < math.inf else ''}{bounds}, not {value!r}")
+
+
+def _target_modules(value: object) -> None:
+    if value == "all-linear":
+        return
+    if not isinstance(value, tuple) or not value or not all(isinstance(m, str) and m.strip() for m in value):
+        raise ConfigError(f'lora.target_modules must be "all-linear" or a non-empty list of module names '
+                          f"such as [q_proj, v_proj], not {value!r}")
 
 
 def _one_of(key: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -1,20 +1,29 @@
 """The job spec: good specs load, every bad one is refused with exit 2 and one line naming the key."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from helpers import REPO, run_runner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runner.commands.train import stage
 from runner.errors import UsageError
+from runner.host.launch import trainer_config
 from runner.inventory import load_inventory
-from runner.spec import apply_override, load_spec, validate_spec
+from runner.spec import LoraSection, TrainSection, apply_override, load_spec, validate_spec
+from runner.train.config import ATTENTIONS, FORMATS, METHODS, parse_config
 
 BAD = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
 
 
 def expected(path: Path) -> str:
-    return path.read_text().splitlines()[0].removeprefix("# expect:").strip()
+    """The '# expect:' first line (a folder in the corpus keeps it in EXPECT; bytes, as some are not UTF-8)."""
+    source = path / "EXPECT" if path.is_dir() else path
+    return source.read_bytes().decode("latin-1").splitlines()[0].removeprefix("# expect:").strip()
 
 
 @pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
@@ -79,3 +88,57 @@ def test_cli_bad_hosts_or_inventory_exit_2(home, args, message):
     result = run_runner("train", str(REPO / "examples" / "demo.yaml"), *args)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- the spec and the trainer agree (one list of values; what the laptop accepts, the trainer parses) ------------
+
+SPEC_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 5000), st.sampled_from([0.0, 0.5, 1.0, 1e-4, 2.5, 4294967296]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["auto", "all-linear", "", "q_proj", "x"]),
+    st.lists(st.sampled_from(["q_proj", "v_proj", "", " "]), max_size=3),
+    st.sampled_from([*ATTENTIONS, *FORMATS, *METHODS, "flash", "flex"]),
+)
+
+
+def spec_strategy() -> st.SearchStrategy[dict]:
+    """Raw job dicts: each key of the lora and train sections, and the top-level choices, from SPEC_VALUES."""
+    section = {name: st.dictionaries(st.sampled_from(list(model.model_fields)), SPEC_VALUES, max_size=5)
+               for name, model in (("lora", LoraSection), ("train", TrainSection))}
+    top = st.fixed_dictionaries({}, optional={"format": SPEC_VALUES, "method": SPEC_VALUES,
+                                              "trust_remote_code": SPEC_VALUES, **section})
+    return top.map(lambda d: {"model": "org/model", "dataset": "data/d.jsonl", **d})
+
+
+def as_trainer_config(spec, tmp_path: Path) -> dict:
+    """What the host hands the trainer: launch.trainer_config on the staged job, through train.json."""
+    job = {"session_id": "s1", "spec": spec.model_dump(), "paths": {"model": "/m", "dataset": "/d.jsonl"}}
+    return json.loads(json.dumps(trainer_config(job, tmp_path)))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=spec_strategy())
+def test_every_spec_the_laptop_accepts_the_trainer_parses(tmp_path, raw):
+    try:
+        spec = validate_spec(raw)
+    except UsageError:
+        return
+    parse_config(as_trainer_config(spec, tmp_path))  # raises ConfigError on disagreement
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_become_trainer_configs(example, tmp_path):
+    parse_config(as_trainer_config(load_spec(example), tmp_path))
+
+
+@pytest.mark.parametrize(("key", "values"), [("train.attention", ATTENTIONS), ("format", FORMATS),
+                                             ("method", METHODS)])
+def test_every_value_the_trainer_knows_the_spec_accepts(key, values):
+    for value in values:
+        data = {"model": "m", "dataset": "d", "train": {"packing": True}}
+        apply_override(data, f"{key}={value}")
+        assert validate_spec(data) is not None
+
+
+def test_spec_loads_without_torch():
+    code = "import sys, runner.spec; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

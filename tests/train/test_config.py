@@ -78,10 +78,23 @@ def test_auto_features_on_cpu_are_plain_torch():
 
 
 def test_varlen_needs_packing():
-    import torch
-
-    from runner.train.model import resolve_features
-
-    cfg = parse_config({**BASE, "train": {"packing": False, "attention": "varlen"}})
     with pytest.raises(ConfigError, match=r"needs train\.packing true"):
-        resolve_features(cfg, torch.device("cpu"))
+        parse_config({**BASE, "train": {"packing": False, "attention": "varlen"}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({**BASE, "train": {"epochs": float("inf")}}, "train.epochs must be a finite number > 0, not inf"),
+        ({**BASE, "train": {"learning_rate": float("nan")}}, "train.learning_rate must be a finite number"),
+        ({**BASE, "train": {"seed": -1}}, "train.seed must be an integer from 0 to 4294967295"),
+        ({**BASE, "lora": {"target_modules": []}}, "lora.target_modules must be"),
+        ({**BASE, "lora": {"target_modules": ["q_proj", ""]}}, "lora.target_modules must be"),
+        ({**BASE, "lora": {"alpha": 0}}, "lora.alpha must be a finite number > 0"),
+        ({**BASE, "collective_timeout_s": 0}, "collective_timeout_s must be a finite number > 0"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_while_parsing(raw, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as err:
+        parse_config(raw)
+    assert "\n" not in str(err.value)
