@@ -1,4 +1,9 @@
-"""Training data: read records, detect their format, tokenize with loss only on responses."""
+"""Training data: read records, detect their format, tokenize with loss only on responses.
+
+Formats: chat (OpenAI `messages`, content a string or a list of text parts; ShareGPT `conversations` with
+`from`/`value`), instruction (alpaca `instruction`/`input`/`output`, or `prompt`/`completion`) and text.
+A bad record is one ConfigError line naming file:line and the problem.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,47 @@ from .config import ConfigError
 
 IGNORE = -100  # label value the loss skips (prompt tokens, padding, packing boundaries)
 DATA_SUFFIXES = (".jsonl", ".json")
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
+
+
+class Record(dict):
+    """One dataset record; `where` names it in errors (file:line, or the hub dataset and index)."""
+
+    where: str = "record"
 
 
 @dataclass(frozen=True)
 class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE where no loss is taken
+    truncated: bool = False  # longer than max_seq_len: the tail was cut
 
     @property
     def trained_tokens(self) -> int:
         return sum(label != IGNORE for label in self.labels[1:])  # the first token has nothing to predict it
 
 
-def read_records(source: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class DataCounts:
+    """What became of the records: shown in the start event and on the user's screen."""
+
+    records: int
+    examples: int
+    no_response: int  # dropped: no assistant turn (or an empty one)
+    too_long: int  # dropped: the response starts beyond max_seq_len
+    truncated: int  # kept, cut to max_seq_len
+
+    @property
+    def dropped(self) -> int:
+        return self.no_response + self.too_long
+
+    def start_fields(self) -> dict[str, int]:
+        return {"dropped_examples": self.dropped, "dropped_no_response": self.no_response,
+                "dropped_too_long": self.too_long, "truncated_examples": self.truncated}
+
+
+def read_records(source: str) -> list[Record]:
     """Records from a .jsonl/.json file, a folder of them, or a Hugging Face dataset id."""
     path = Path(source)
     if path.is_dir():
@@ -38,82 +71,220 @@ def read_records(source: str) -> list[dict[str, Any]]:
         raise ConfigError(f"dataset {source} does not exist")
     import datasets  # only for hub ids: local files need no pyarrow
 
-    return [dict(r) for r in datasets.load_dataset(source, split="train")]
+    rows = datasets.load_dataset(source, split="train")
+    return [_record(dict(row), f"{source} record {index}") for index, row in enumerate(rows)]
 
 
-def _read_file(path: Path) -> Iterator[dict[str, Any]]:
-    text = path.read_text()
+def _read_file(path: Path, limit: int | None = None) -> Iterator[Record]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text; save the dataset as UTF-8") from None
     if path.suffix == ".json" and text.lstrip().startswith("["):
-        yield from json.loads(text)
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}: not JSON: {err.msg}") from None
+        for index, item in enumerate(items[:limit]):
+            yield _record(item, f"{path} record {index}")
         return
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{number}: not JSON: {err.msg}") from err
+    lines = (line for line in enumerate(text.splitlines(), 1) if line[1].strip())
+    for count, (number, line) in enumerate(lines):
+        if limit is not None and count >= limit:
+            return
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number}: not JSON: {err.msg}") from None
+        yield _record(item, f"{path}:{number}")
+
+
+def _record(item: Any, where: str) -> Record:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: a record is a JSON object such as {{\"messages\": [...]}}, "
+                          f"not {type(item).__name__}")
+    record = Record(item)
+    record.where = where
+    return record
+
+
+def sample_records(source: str, limit: int) -> list[Record]:
+    """The first `limit` records of a local file, or of each file in a folder (the host preflight's sample)."""
+    path = Path(source)
+    files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"dataset folder {source} holds no .jsonl or .json files")
+    return [record for file in files for record in _read_file(file, limit)]
 
 
 def detect_format(record: dict[str, Any]) -> str:
     """chat, instruction or text, from the keys of one record."""
-    if "messages" in record:
+    if "messages" in record or "conversations" in record:
         return "chat"
     if "instruction" in record or ("prompt" in record and "completion" in record):
         return "instruction"
     if "text" in record:
         return "text"
-    raise ConfigError(f'cannot tell the data format from keys {sorted(record)}; set "format"')
+    raise ConfigError(f"{_where(record)}: cannot tell the data format from keys {sorted(record)}; "
+                      'use messages, conversations, instruction/output, prompt/completion or text, or set "format"')
+
+
+def record_format(record: dict[str, Any], fmt: str) -> str:
+    """The job's format, or with "auto" each record's own (a folder may mix files of different formats)."""
+    return detect_format(record) if fmt == "auto" else fmt
 
 
 def tokenize_records(
     records: Iterable[dict[str, Any]], fmt: str, tokenizer: Any, max_seq_len: int
-) -> tuple[list[Example], int]:
-    """Examples truncated to max_seq_len, and how many records were dropped for having no response."""
+) -> tuple[list[Example], DataCounts]:
+    """Examples truncated to max_seq_len, and counts of what was dropped (no response, response too late)
+    and truncated."""
     records = list(records)
     if not records:
         raise ConfigError("the dataset is empty")
-    if fmt == "auto":
-        fmt = detect_format(records[0])
-    examples, dropped = [], 0
+    examples, no_response, too_long = [], 0, 0
     for record in records:
-        example = tokenize_record(record, fmt, tokenizer, max_seq_len)
+        record_fmt = record_format(record, fmt)
+        if not has_response(record, record_fmt):
+            no_response += 1
+            continue
+        example = tokenize_record(record, record_fmt, tokenizer, max_seq_len)
         if example.trained_tokens:
             examples.append(example)
         else:
-            dropped += 1
+            too_long += 1
+    counts = DataCounts(len(records), len(examples), no_response, too_long, sum(e.truncated for e in examples))
     if not examples:
-        raise ConfigError(f"no record has response tokens within max_seq_len {max_seq_len}")
-    return examples, dropped
+        raise ConfigError(f"no record has response tokens within max_seq_len {max_seq_len} ({no_response} without "
+                          f"an assistant turn, {too_long} with the response beyond it); raise train.max_seq_len "
+                          "or check the data")
+    return examples, counts
+
+
+def has_response(record: dict[str, Any], fmt: str) -> bool:
+    """Whether the record has something to train on (an assistant turn with text; text data always)."""
+    if fmt == "text":
+        return bool(to_text(record))
+    messages = to_messages(record, fmt)
+    return any(m["role"] == "assistant" and m["content"] for m in messages)
 
 
 def tokenize_record(record: dict[str, Any], fmt: str, tokenizer: Any, max_seq_len: int) -> Example:
     """One record as token ids, labels masked to the trained spans."""
-    if fmt == "chat":
-        text, spans = _chat_spans(record["messages"], tokenizer)
-    elif fmt == "instruction":
-        text, spans = _instruction_spans(record, tokenizer)
-    elif fmt == "text":
-        text, spans = _plain_spans(record["text"], tokenizer)
+    if fmt == "text":
+        text, spans = _plain_spans(to_text(record), tokenizer)
+    elif fmt in ("chat", "instruction"):
+        messages = to_messages(record, fmt)
+        if fmt == "instruction" and not getattr(tokenizer, "chat_template", None):
+            text, spans = _instruction_spans(messages[0]["content"], messages[1]["content"], tokenizer)
+        else:
+            text, spans = _chat_spans(messages, tokenizer)
     else:
         raise ConfigError(f"unknown format {fmt!r}")
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])[:max_seq_len]
+    full = list(encoded["input_ids"])
+    ids = full[:max_seq_len]
     offsets = encoded["offset_mapping"][: len(ids)]
     labels = [
         token if any(start <= lo and hi <= end and hi > lo for start, end in spans) else IGNORE
         for token, (lo, hi) in zip(ids, offsets, strict=True)
     ]
-    return Example(ids, labels)
+    return Example(ids, labels, truncated=len(full) > max_seq_len)
+
+
+# -- records to conversations ---------------------------------------------------------------------------------
+
+
+def to_messages(record: dict[str, Any], fmt: str) -> list[dict[str, str]]:
+    """The record as [{role, content}] with text content: chat as given (ShareGPT and content parts converted),
+    instruction as one user turn and one assistant turn. Raises ConfigError naming file:line."""
+    where = _where(record)
+    if fmt == "instruction":
+        if "instruction" in record:
+            prompt = _string(record, "instruction", where)
+            extra = record.get("input")
+            if extra is not None and not isinstance(extra, str):
+                raise ConfigError(f"{where}: 'input' is {type(extra).__name__}, not text")
+            return [{"role": "user", "content": prompt + (f"\n\n{extra}" if extra else "")},
+                    {"role": "assistant", "content": _string(record, "output", where)}]
+        if "prompt" in record:
+            return [{"role": "user", "content": _string(record, "prompt", where)},
+                    {"role": "assistant", "content": _string(record, "completion", where)}]
+        raise ConfigError(f"{where}: format is instruction but the record has keys {sorted(record)}; instruction "
+                          "records hold instruction/output or prompt/completion (or set format: auto)")
+    if "messages" in record:
+        turns, role_key, content_key, roles = record["messages"], "role", "content", {r: r for r in ROLES}
+    elif "conversations" in record:  # ShareGPT: from/value, human/gpt/system (some exports use role/content)
+        turns, roles = record["conversations"], SHAREGPT_ROLES
+        first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
+        role_key, content_key = ("role", "content") if "role" in first else ("from", "value")
+    else:
+        raise ConfigError(f"{where}: format is chat but the record has keys {sorted(record)}; chat records hold "
+                          "'messages' (or ShareGPT 'conversations'); set format: auto or instruction")
+    if not isinstance(turns, list):
+        raise ConfigError(f"{where}: the conversation is {type(turns).__name__}, not a list of turns")
+    return [_turn(turn, index, role_key, content_key, roles, where) for index, turn in enumerate(turns, 1)]
+
+
+def _turn(turn: Any, index: int, role_key: str, content_key: str, roles: dict[str, str], where: str) -> dict:
+    if not isinstance(turn, dict):
+        raise ConfigError(f"{where}: turn {index} is {type(turn).__name__}, not an object with "
+                          f"'{role_key}' and '{content_key}'")
+    role = turn.get(role_key)
+    if role not in roles:
+        raise ConfigError(f"{where}: turn {index} has {role_key} {role!r}; known roles: {', '.join(roles)}")
+    content = turn.get(content_key)
+    if content is None:
+        raise ConfigError(f"{where}: turn {index} ({role}) has no {content_key} (null or missing); "
+                          "give it text or remove the turn")
+    return {"role": roles[role], "content": _content_text(content, index, where)}
+
+
+def _content_text(content: Any, index: int, where: str) -> str:
+    """A string, or OpenAI content parts joined as text (not the list's repr)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ConfigError(f"{where}: turn {index} has a content part of type {kind!r}; "
+                                  'only text parts ({"type": "text", "text": ...}) can be trained')
+            texts.append(part["text"])
+        return "".join(texts)
+    raise ConfigError(f"{where}: turn {index} content is {type(content).__name__}, not text")
+
+
+def to_text(record: dict[str, Any]) -> str:
+    return _string(record, "text", _where(record))
+
+
+def _string(record: dict[str, Any], key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        got = "missing" if key not in record else f"{type(value).__name__}" if value is not None else "null"
+        raise ConfigError(f"{where}: '{key}' is {got}, not text")
+    return value
+
+
+def _where(record: dict[str, Any]) -> str:
+    return getattr(record, "where", "record")
+
+
+# -- rendering and trained spans ------------------------------------------------------------------------------
 
 
 def _chat_spans(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation; the spans cover each assistant turn with its end-of-turn tokens."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("chat data needs a tokenizer with a chat template")
+        raise ConfigError("chat data needs a tokenizer with a chat template; use a chat model's tokenizer, or "
+                          "instruction/text data")
     text = _render(tokenizer, messages, False)
     spans = []
     for index, message in enumerate(messages):
-        if message.get("role") != "assistant":
+        if message["role"] != "assistant":
             continue
         prompt = _render(tokenizer, messages[:index], True)
         upto = _render(tokenizer, messages[: index + 1], False)
@@ -132,14 +303,8 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_promp
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def _instruction_spans(record: dict[str, Any], tokenizer: Any) -> tuple[str, list[tuple[int, int]]]:
-    if "instruction" in record:
-        prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-        response = record.get("output", "")
-    else:
-        prompt, response = record["prompt"], record["completion"]
-    if getattr(tokenizer, "chat_template", None):
-        return _chat_spans([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenizer)
+def _instruction_spans(prompt: str, response: str, tokenizer: Any) -> tuple[str, list[tuple[int, int]]]:
+    """Without a chat template: prompt, newline, response; only the response and EOS are trained."""
     head = (tokenizer.bos_token or "") + prompt + "\n"
     text = head + response + (tokenizer.eos_token or "")
     return text, [(len(head), len(text))]

@@ -77,11 +77,11 @@ def run_session(
         raise ConfigError("FSDP training needs fsdp_version: 2 in the accelerate config")
     set_seed(cfg.train.seed)
     features = resolve_features(cfg, device, sharded=strategy == "fsdp")
-    tokenizer, dropped = None, 0
+    tokenizer, counts = None, None
     if examples is None:
         tokenizer = load_tokenizer(cfg)
         records = read_records(cfg.dataset)
-        examples, dropped = tokenize_records(records, cfg.format, tokenizer, cfg.train.max_seq_len)
+        examples, counts = tokenize_records(records, cfg.format, tokenizer, cfg.train.max_seq_len)
     if model is None:
         model = load_base_model(cfg, accelerator.mixed_precision, features, device, fsdp=strategy == "fsdp")
     else:
@@ -125,7 +125,7 @@ def run_session(
         "max_seq_len": cfg.train.max_seq_len,
         "grad_accum": cfg.train.grad_accum,
         "examples": len(examples),
-        "dropped_examples": dropped,
+        **(counts.start_fields() if counts else {"dropped_examples": 0}),  # dropped and truncated records
         "trainable_params": trainable,
         "device": _device_name(device),
         **sizing.probe,
