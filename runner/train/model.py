@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import register_varlen_attention, varlen_kernel_available
+from .attention import VARLEN, register_varlen_attention, varlen_kernel_available, window_kernel_available
 from .config import AUTO, ConfigError, LoraSettings, TrainConfig
+from .families import HeadMath, choose_attention, head_math, unverified_warning
 from .loss import linear_cross_entropy_sum
 
 log = logging.getLogger("runner.train")
@@ -21,22 +23,31 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 class Features:
     """What the run uses, resolved from the config's "auto" values; logged in the start event."""
 
-    attention: str
+    attention: str | None  # None: the model's own default (sdpa where it supports it, else eager)
     liger: bool
     compile: bool
     packing: bool
+    attention_reason: str = ""
+    warning: str | None = None  # the model's family is not verified (families.FAMILIES)
 
 
-def resolve_features(cfg: TrainConfig, device: torch.device, sharded: bool = False) -> Features:
-    """Turn "auto" into concrete choices: fast paths on CUDA where installed, plain torch on CPU."""
+def resolve_features(
+    cfg: TrainConfig, device: torch.device, sharded: bool = False, model_config: Any = None
+) -> Features:
+    """Turn "auto" into concrete choices: fast paths on CUDA where installed and exact for this model's family
+    (families.py), the model's own attention elsewhere. Without model_config: the device's choice alone."""
     t = cfg.train
     packing = t.packing if t.packing != AUTO else True
-    attention = t.attention
-    if attention == AUTO:
-        attention = "varlen" if varlen_kernel_available(device) else "sdpa"
-    if attention == "varlen":
+    fast = VARLEN if varlen_kernel_available(device) and packing else None
+    if model_config is None:
+        attention = t.attention if t.attention != AUTO else fast or "sdpa"
+        path = None
+    else:
+        path = choose_attention(model_config, t.attention, fast, packing, window_kernel_available())
+        attention = path.implementation
+    if attention == VARLEN:
         register_varlen_attention()
-    if not packing and attention in ("varlen", "flash_attention_2"):
+    if not packing and attention in (VARLEN, "flash_attention_2"):
         raise ConfigError(f"train.attention {attention} needs train.packing true (padding-free rows)")
     cuda = device.type == "cuda"
     # Compiled layers fuse what Liger fuses and LoRA's small ops too (8B on an H100: compile 14.5k tokens/s,
@@ -46,7 +57,14 @@ def resolve_features(cfg: TrainConfig, device: torch.device, sharded: bool = Fal
     liger = t.liger if t.liger != AUTO else cuda and not compile_ and _installed("liger_kernel")
     if liger and not _installed("liger_kernel"):
         raise ConfigError("train.liger is true but liger-kernel is not installed (pip install liger-kernel)")
-    return Features(attention=attention, liger=bool(liger), compile=bool(compile_), packing=packing)
+    return Features(
+        attention=attention,
+        liger=bool(liger),
+        compile=bool(compile_),
+        packing=packing,
+        attention_reason=path.reason if path else "",
+        warning=path.warning if path else None,
+    )
 
 
 def _installed(module: str) -> bool:
@@ -86,7 +104,14 @@ def load_base_model(
         kwargs["quantization_config"] = qlora_quantization(dtype)
         if not fsdp:
             kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
+    except ValueError as err:
+        if features.attention is None or "attn_implementation" not in str(err):
+            raise
+        reason = str(err).strip().splitlines()[0]
+        message = f"train.attention {features.attention} does not suit this model ({reason}); use auto"
+        raise ConfigError(message) from err
     if cfg.method != "qlora" and not fsdp:
         model.to(device)
     return model
@@ -107,6 +132,41 @@ def qlora_quantization(dtype: torch.dtype) -> Any:
         bnb_4bit_compute_dtype=compute,
         bnb_4bit_quant_storage=compute,
     )
+
+
+def read_model_config(cfg: TrainConfig) -> Any:
+    """The model folder's config.json (its model_type picks the family's paths)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+
+
+def load_training_model(
+    cfg: TrainConfig,
+    precision: str,
+    device: torch.device,
+    *,
+    sharded: bool = False,
+    fsdp: bool = False,
+    model: nn.Module | None = None,
+) -> tuple[CausalLMLoss, Features]:
+    """Pick the paths for this model's family and device, load it (or take an in-memory base model), add LoRA,
+    and put it in training mode; returns the loss module the session trains and the features it uses."""
+    features = resolve_features(cfg, device, sharded, model.config if model is not None else read_model_config(cfg))
+    if model is None:
+        model = load_base_model(cfg, precision, features, device, fsdp)
+    elif features.attention is not None:
+        model.set_attn_implementation(features.attention)
+    if features.attention is None:  # the model's own default: name what transformers picked
+        features = dataclasses.replace(features, attention=model.config._attn_implementation)
+    if features.warning:
+        log.warning(features.warning)
+    log.info("attention: %s (%s)", features.attention, features.attention_reason)
+    peft_model = prepare_model(model, cfg.lora, features)
+    # from_pretrained returns eval mode: dropout and activation checkpointing act only in training mode.
+    # Everything from here on trains (the sizing probe too, so it measures checkpointing as it will run).
+    peft_model.train()
+    return CausalLMLoss(peft_model), features
 
 
 def prepare_model(model: nn.Module, lora: LoraSettings, features: Features) -> nn.Module:
@@ -157,7 +217,11 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 class CausalLMLoss(nn.Module):
-    """What DDP/FSDP wrap: the decoder, then fused head + cross-entropy; returns the summed token loss."""
+    """What DDP/FSDP wrap: the decoder, then fused head + cross-entropy; returns the summed token loss.
+
+    The fused head computes the family's own logits (scaling, soft-capping: families.head_math); a family not
+    verified, or a head that is not a plain linear layer (LoRA on lm_head, a bias), runs the model's own head.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -165,9 +229,19 @@ class CausalLMLoss(nn.Module):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._no_split_modules = getattr(base, "_no_split_modules", None)  # FSDP wraps these layer classes
         head = base.get_output_embeddings()
-        softcap = getattr(base.config, "final_logit_softcapping", None) or getattr(base.config, "logit_scale", None)
-        # A LoRA-wrapped or scaled head needs the model's own logits
-        self.fused = type(head) is nn.Linear and head.bias is None and not softcap
+        self.head_math: HeadMath | None = head_math(base.config)
+        plain = type(head) is nn.Linear and head.bias is None
+        self.fused = plain and self.head_math is not None
+        if self.fused:
+            self.head_reason = "fused head and cross-entropy" + _describe(self.head_math)
+        elif self.head_math is None:
+            self.head_reason = "the model's own head: " + (unverified_warning(base.config) or "")
+        else:
+            self.head_reason = "the model's own head: lm_head is not a plain linear layer (LoRA or bias)"
+
+    def path_info(self) -> dict[str, str]:
+        """For the start event: which head runs and why."""
+        return {"head": "fused" if self.fused else "model", "head_reason": self.head_reason}
 
     def forward(
         self,
@@ -203,4 +277,13 @@ class CausalLMLoss(nn.Module):
             use_cache=False,
             **kwargs,
         ).last_hidden_state
-        return linear_cross_entropy_sum(hidden.flatten(0, 1), base.get_output_embeddings().weight, targets.flatten())
+        math = self.head_math
+        weight = base.get_output_embeddings().weight
+        return linear_cross_entropy_sum(hidden.flatten(0, 1), weight, targets.flatten(), math.scale, math.softcap)
+
+
+def _describe(math: HeadMath) -> str:
+    parts = ([f"logits x {math.scale:g}"] if math.scale != 1.0 else []) + (
+        [f"soft-capped at {math.softcap:g}"] if math.softcap else []
+    )
+    return f" ({', '.join(parts)})" if parts else ""

@@ -17,17 +17,9 @@ from .config import ConfigError, TrainConfig
 from .data import Example, read_records, tokenize_records
 from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, total_steps
 from .metrics import Metrics, setup_logging
-from .model import (
-    CausalLMLoss,
-    compile_layers,
-    enable_checkpointing,
-    load_base_model,
-    load_tokenizer,
-    prepare_model,
-    resolve_features,
-)
+from .model import CausalLMLoss, compile_layers, enable_checkpointing, load_tokenizer, load_training_model
 from .packing import BatchPlan
-from .sizing import Sizing, choose_sizing
+from .sizing import Sizing, apply_checkpointing, choose_sizing
 
 log = logging.getLogger("runner.train")
 
@@ -76,21 +68,16 @@ def run_session(
     if strategy == "fsdp" and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
         raise ConfigError("FSDP training needs fsdp_version: 2 in the accelerate config")
     set_seed(cfg.train.seed)
-    features = resolve_features(cfg, device, sharded=strategy == "fsdp")
     tokenizer, counts = None, None
     if examples is None:
         tokenizer = load_tokenizer(cfg)
         records = read_records(cfg.dataset)
         examples, counts = tokenize_records(records, cfg.format, tokenizer, cfg.train.max_seq_len)
-    if model is None:
-        model = load_base_model(cfg, accelerator.mixed_precision, features, device, fsdp=strategy == "fsdp")
-    else:
-        model.set_attn_implementation(features.attention)
-    peft_model = prepare_model(model, cfg.lora, features)
-    # from_pretrained returns eval mode: dropout and activation checkpointing act only in training mode.
-    # Everything from here on trains (the sizing probe too, so it measures checkpointing as it will run).
-    peft_model.train()
-    loss_model = CausalLMLoss(peft_model)
+    # the paths for this model's family (families.py), the model in training mode (the sizing probe too)
+    loss_model, features = load_training_model(
+        cfg, accelerator.mixed_precision, device, sharded=strategy == "fsdp", fsdp=strategy == "fsdp", model=model
+    )
+    peft_model = loss_model.model
     saved = agreed_checkpoint(cfg.output_dir, accelerator.device) if cfg.resume else None
     sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy, saved)
     if features.compile:
@@ -118,6 +105,9 @@ def run_session(
         "method": cfg.method,
         "packing": features.packing,
         "attention": features.attention,
+        "attention_reason": features.attention_reason,
+        **loss_model.path_info(),
+        "family_warning": features.warning,
         "liger": features.liger,
         "compile": features.compile,
         "gradient_checkpointing": sizing.checkpointing,
@@ -145,6 +135,7 @@ def run_session(
         tokenizer=tokenizer,
         pad_id=tokenizer.pad_token_id if tokenizer else 0,
         run_info=info,
+        forward_rows=sizing.forward_rows,
     )
     if saved is not None:
         trainer.resume(saved)
@@ -160,7 +151,13 @@ def _sizing(
         settings = dataclasses.replace(
             cfg.train, batch_size=state["rows"], gradient_checkpointing=bool(state["checkpointing"])
         )
-        return choose_sizing(loss_model, settings, packing, accelerator.device, can_probe=False)
+        sizing = choose_sizing(loss_model, settings, packing, accelerator.device, can_probe=False)
+        layers, offload = state.get("checkpointed_layers"), bool(state.get("offload_checkpoints"))
+        if sizing.checkpointing and (layers is not None or offload):  # as the checkpointed run had it
+            apply_checkpointing(loss_model.model, layers, offload)
+            probe = {**sizing.probe, "checkpointed_layers": layers, "offload_checkpoints": offload}
+            sizing = dataclasses.replace(sizing, probe=probe, checkpointed_layers=layers, offload=offload)
+        return dataclasses.replace(sizing, forward_rows=state.get("forward_rows"))
     sizing = choose_sizing(
         loss_model,
         cfg.train,
@@ -168,18 +165,22 @@ def _sizing(
         accelerator.device,
         accelerator.autocast,
         can_probe=strategy != "fsdp",
+        world_size=accelerator.num_processes,
     )
     if accelerator.num_processes == 1:
         return sizing
     import torch.distributed as dist
 
-    # Every rank must cut the data the same way: the smallest rows, checkpointing if any rank needs it
-    agreed = torch.tensor([sizing.rows, -int(sizing.checkpointing)], device=accelerator.device)
+    # Every rank must cut the data the same way: the smallest rows; the most checkpointing any rank needs
+    layers = sizing.probe.get("layers", 0)
+    mine = sizing.checkpointed_layers if sizing.checkpointed_layers is not None else layers * sizing.checkpointing
+    agreed = torch.tensor([sizing.rows, -mine, -int(sizing.offload)], device=accelerator.device)
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-    rows, checkpointing = int(agreed[0]), bool(agreed[1] < 0)
-    if checkpointing and not sizing.checkpointing:
-        enable_checkpointing(loss_model.model)
-    return Sizing(rows, checkpointing, sizing.probe)
+    rows, checkpointed, offload = int(agreed[0]), -int(agreed[1]), bool(agreed[2] < 0)
+    if (checkpointed, offload) != (mine, sizing.offload):
+        apply_checkpointing(loss_model.model, checkpointed, offload)
+    probe = {**sizing.probe, "checkpointed_layers": checkpointed, "offload_checkpoints": offload}
+    return Sizing(rows, checkpointed > 0, probe, checkpointed, offload)
 
 
 def _device_name(device: torch.device) -> str:
