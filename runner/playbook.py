@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -20,6 +21,15 @@ from runner.paths import REPO_ROOT, data_dir
 
 EventFn = Callable[[dict], None]
 interrupted = threading.Event()
+# ansible-runner writes ansible-playbook's whole environment into artifacts/<id>/command; these names
+# never reach it (a token Ansible needs comes from Vault or, like HF_TOKEN for a session, a 0600 file)
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY")
+PATH_NAME = re.compile(r"_(FILE|PATH|DIR)$")  # ANSIBLE_VAULT_PASSWORD_FILE names a file, not a secret
+
+
+def without_secrets(env: dict[str, str]) -> dict[str, str]:
+    """The environment minus variables whose names say they hold a secret."""
+    return {k: v for k, v in env.items() if not SECRET_NAME.search(k.upper()) or PATH_NAME.search(k.upper())}
 
 
 class PlaybookFailed(RunnerError):
@@ -86,11 +96,15 @@ def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: d
     bin_dir = os.path.dirname(sys.executable)  # ansible-playbook lives beside the interpreter running us
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    result = ansible_runner.run(
+    result = ansible_runner.interface.init_runner(
         private_data_dir=str(data), project_dir=str(REPO_ROOT), playbook=str(REPO_ROOT / "playbooks" / f"{name}.yml"),
         inventory=inventory.source, limit=",".join(hosts), extravars=extravars or {}, cmdline=cmdline,
         event_handler=handle, cancel_callback=interrupted.is_set, quiet=True,
         envvars={"ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg")})
+    result.config.env = without_secrets(result.config.env)
+    # ansible-playbook and its workers end with us, even after a kill -9 (runner.guard's parent-death signal)
+    result.config.command = [sys.executable, "-m", "runner.guard", str(os.getpid()), "--", *result.config.command]
+    result.run()
     if result.status != "successful" and not failures:
         failures["controller"] = last_line(result) or f"ansible-playbook ended {result.status}"
     run = Run(result.status, result.stats or {}, data, failures)
