@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .config import ConfigError, load_config
+from .disk import NoSpace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
+    except NoSpace as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .disk import space_for
+
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 TRAINABLE_FILE = "trainable.safetensors"  # FSDP only: full trainable tensors by the wrapped module's names
 KEEP = 2
@@ -46,25 +48,29 @@ def save_checkpoint(
     local_main = accelerator.is_local_main_process
     sharded = is_fsdp(accelerator)
     writes_weights = accelerator.is_main_process or (local_main and not sharded)
+    what = f"checkpoint {state['step']}"
     if local_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with space_for(what, tmp):
+            tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     trainable = gather_trainable(wrapped) if sharded else None  # collectives: every rank takes part
     optimizer_state = gather_optimizer_state(wrapped, optimizer) if sharded else optimizer.state_dict()
-    torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    if writes_weights:
-        peft_model.save_pretrained(tmp, state_dict=_peft_keys(trainable), save_embedding_layers=False)
-        if trainable is not None:
-            from safetensors.torch import save_file
+    with space_for(what, tmp):
+        torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        if writes_weights:
+            peft_model.save_pretrained(tmp, state_dict=_peft_keys(trainable), save_embedding_layers=False)
+            if trainable is not None:
+                from safetensors.torch import save_file
 
-            save_file(trainable, tmp / TRAINABLE_FILE)
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-    if local_main:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                save_file(trainable, tmp / TRAINABLE_FILE)
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        if local_main:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()
     if local_main:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        with space_for(what, tmp):
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         _replace(tmp, final)
         for old in checkpoints(output_dir)[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
@@ -118,9 +124,10 @@ def save_adapter(
     trainable = gather_trainable(wrapped) if is_fsdp(accelerator) else None
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        peft_model.save_pretrained(tmp, state_dict=_peft_keys(trainable), save_embedding_layers=False)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        with space_for("the adapter", tmp):
+            peft_model.save_pretrained(tmp, state_dict=_peft_keys(trainable), save_embedding_layers=False)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
         _replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
