@@ -58,6 +58,21 @@ def phase_lines(host: str, status: dict, shown: set) -> list[str]:
     return lines
 
 
+def data_line(host: str, status: dict) -> str | None:
+    """What became of the dataset, from the trainer's start event: records dropped and truncated, never silent."""
+    start = status.get("trainer") or {}
+    if "examples" not in start:
+        return None
+    no_response, too_long = start.get("dropped_no_response", 0), start.get("dropped_too_long", 0)
+    parts = [f"{host}  data: {start['examples']} examples"]
+    if no_response or too_long:
+        parts.append(f"dropped {no_response + too_long} ({no_response} without an assistant turn, {too_long} "
+                     f"with the response beyond max_seq_len {start.get('max_seq_len')})")
+    if start.get("truncated_examples"):
+        parts.append(f"{start['truncated_examples']} truncated to max_seq_len")
+    return "; ".join(parts)
+
+
 class Progress:
     """Keeps and draws the latest status of each host (from host_status of the playbook's events)."""
 
@@ -82,6 +97,10 @@ class Progress:
         self.status[host] = status
         for line in phase_lines(host, status, self.shown_phases):
             self.console.print(line, markup=False, highlight=False)
+        data = data_line(host, status)
+        if data and (host, "data") not in self.shown_phases:
+            self.shown_phases.add((host, "data"))
+            self.console.print(data, markup=False, highlight=False)
         if self.live:
             self.live.update(self._render())
             return

@@ -6,14 +6,22 @@ stdin), and by the supervisor at the start of the session. A failed check raises
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.host import cluster, inference, nvml, power, psu
+from runner.host import cluster, inference, launch, nvml, power, psu
 from runner.host.strategy import choose_strategy
 
 MIN_FREE_DISK_GIB = 1.0
+PROBE_TIMEOUT_S = 600  # loading a tokenizer and reading the data; no weights are loaded
+# The probe never downloads: what is not on the host yet is checked when the trainer loads it
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
 
 
 class Refusal(Exception):
@@ -62,6 +70,7 @@ def check(job: dict, training_root: Path, config: power.PowerConfig) -> Prefligh
     check_paths(job["paths"])
     check_disk(training_root)
     result.inference_active = check_inference(spec["inference"])
+    result.notes.extend(check_model_and_data(job, training_root))
     result.strategy, result.strategy_reason = pick_strategy(spec, job["paths"]["model"], result.gpus,
                                                             job.get("cluster"))
     if job.get("cluster"):
@@ -134,6 +143,29 @@ def check_disk(training_root: Path) -> None:
     if free_gib < MIN_FREE_DISK_GIB:
         raise Refusal(f"only {free_gib:.1f} GiB free under {training_root} for checkpoints; "
                       f"free at least {MIN_FREE_DISK_GIB:g} GiB")
+
+
+def check_model_and_data(job: dict, training_root: Path) -> list[str]:
+    """The trainer's own config parsing and its probe of model and data (`python -m runner.train.probe`, in this
+    venv): a config the trainer refuses, an unknown architecture, data it cannot train on are refused here."""
+    session_dir = training_root / "sessions" / str(job.get("session_id", "check"))
+    config = json.dumps(launch.trainer_config(job, session_dir))
+    try:
+        # cwd /: a path not resolved to this host (a file not uploaded yet) finds nothing by accident
+        done = subprocess.run([sys.executable, "-m", "runner.train.probe"], input=config, capture_output=True,
+                              text=True, cwd="/", timeout=PROBE_TIMEOUT_S, env={**os.environ, **OFFLINE_ENV})
+    except subprocess.TimeoutExpired:
+        raise Refusal(f"the model and data check took over {PROBE_TIMEOUT_S} s; check the dataset's size and "
+                      "the model folder") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        said = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise Refusal(f"the model and data check failed (exit {done.returncode}): {said}") from None
+    if not answer.get("ok"):
+        raise Refusal(answer.get("error", "the model and data check refused the job"))
+    return answer.get("notes", [])
 
 
 def check_inference(inf: dict) -> bool | None:

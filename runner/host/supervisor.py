@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from runner.host import cluster, firewall, inference, launch, nvml, power, preflight
+from runner.host import cluster, firewall, inference, launch, nvml, power, preflight, trainlog
 from runner.host.lock import HostBusy, HostLock
 from runner.host.preflight import Refusal
 from runner.host.restore import restore
@@ -295,7 +295,9 @@ class Session:
             self._finish("interrupted", self.stop_reason or "trainer stopped")
             return EXIT_INTERRUPTED
         self.status.end("failed", f"trainer exited with {rc}; see train.log")
-        self._finish("failed", f"trainer exited with code {rc}; the end of train.log says why")
+        said = trainlog.trainer_error_line(self.dir / "train.log")  # the trainer's own words, else where to look
+        self._finish("failed", f"trainer exited with code {rc}: {said}" if said else
+                     f"trainer exited with code {rc}; the end of train.log says why")
         return EXIT_FAILED
 
     def _write_summary(self) -> None:
