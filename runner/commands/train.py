@@ -13,6 +13,7 @@ from rich.console import Console
 from runner import ledger, playbook
 from runner.cluster import MultiNode, PeerWatch, cluster_hosts
 from runner.credentials import hf_token_file
+from runner.dataset import check_uploaded_dataset
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
@@ -228,6 +229,7 @@ def train(job_file: str | None, hosts: str | None, inventory_path: str | None, o
     chosen = inventory.select(hosts)
     cluster = cluster_hosts(chosen, multi_node)
     staging = stage(spec, Path(job_file), inventory)
+    check_uploaded_dataset(spec, staging.paths, staging.uploads)  # bad records refused before any host is touched
     if dry_run:
         print_plan(spec, staging, inventory, chosen, cluster)
         return EXIT_OK
