@@ -173,6 +173,8 @@ HOST_BAD_INPUT = [
      "is not on this host"),
     ("model_missing_on_host", {"model": "/opt/models/no-such-model"}, "does not exist on this host"),
     ("dataset_missing_on_host", {"dataset": "/srv/no-such-data.jsonl"}, "does not exist on this host"),
+    # the trainer's own probe of the model folder, in the host's training venv, before staging
+    ("lora_rank_above_hidden_size", {"lora": {"rank": 256}}, "lora.rank 256 is larger than the model's hidden size"),
 ]
 
 
