@@ -22,7 +22,8 @@ def trainer_error_line(log: Path) -> str | None:
     except OSError:
         return None
     lines = [line.strip() for line in text.splitlines()]
-    found = [line for line in lines if ERROR_LINE.match(line) and not any(n in line for n in LAUNCHER_NOISE)]
+    found = [line for line in lines if ERROR_LINE.match(line) and not any(n in line for n in LAUNCHER_NOISE)
+             and not line.endswith("Traceback (most recent call last):")]  # a wrapped child's traceback follows
     if not found:
         return None
     line = found[-1].removeprefix("Error: ")

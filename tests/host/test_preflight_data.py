@@ -18,6 +18,7 @@ import pytest
 from helpers import REPO
 from simhost import A_3090TI, A_4090, phase, spec
 
+from runner.host.trainlog import trainer_error_line
 from runner.progress import data_line
 from runner.spec import validate_spec
 
@@ -166,3 +167,17 @@ def test_dropped_and_truncated_records_are_counted_on_screen(host, tmp_path):
     assert start["examples"] == 41 and start["dropped_examples"] == 2
     assert data_line("localhost", status) == ("localhost  data: 41 examples; dropped 2 (1 without an assistant turn, "
                                               "1 with the response beyond max_seq_len 128); 1 truncated to max_seq_len")
+
+
+def test_the_trainers_error_line_is_found_in_its_log(tmp_path, tiny_model):
+    """The trainer's own entry point on data it refuses: its one 'Error:' line is what the user sees."""
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"model": str(tiny_model), "dataset": str(BAD_DATA / "misspelled_role.jsonl"),
+                                  "output_dir": str(tmp_path / "out")}))
+    log = tmp_path / "train.log"
+    with log.open("w") as out:
+        rc = subprocess.run([sys.executable, "-m", "runner.train", str(config)], stdout=out, stderr=out,
+                            timeout=600).returncode
+    assert rc == 2
+    assert trainer_error_line(log) == (f"{BAD_DATA / 'misspelled_role.jsonl'}:2: turn 2 has role 'assistent'; "
+                                       "known roles: system, user, assistant")
