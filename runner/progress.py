@@ -73,6 +73,20 @@ def data_line(host: str, status: dict) -> str | None:
     return "; ".join(parts)
 
 
+def path_lines(host: str, status: dict) -> list[str]:
+    """Which attention and head the trainer runs and why, from its start event; a warning for an unverified model."""
+    start = status.get("trainer") or {}
+    if "attention" not in start:
+        return []
+    lines = [
+        f"{host}  trainer: attention {start['attention']} ({start.get('attention_reason') or 'set'}); "
+        f"head {start.get('head', '?')} ({start.get('head_reason', '')})"
+    ]
+    if start.get("family_warning"):
+        lines.append(f"{host}  warning: {start['family_warning']}")
+    return lines
+
+
 class Progress:
     """Keeps and draws the latest status of each host (from host_status of the playbook's events)."""
 
@@ -101,6 +115,10 @@ class Progress:
         if data and (host, "data") not in self.shown_phases:
             self.shown_phases.add((host, "data"))
             self.console.print(data, markup=False, highlight=False)
+        if (host, "paths") not in self.shown_phases and path_lines(host, status):
+            self.shown_phases.add((host, "paths"))
+            for line in path_lines(host, status):
+                self.console.print(line, markup=False, highlight=False)
         if self.live:
             self.live.update(self._render())
             return

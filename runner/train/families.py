@@ -92,13 +92,20 @@ def unverified_warning(config: Any) -> str | None:
     )
 
 
+def attention_softcap(config: Any) -> float | None:
+    """The cap a verified family applies to attention scores; only eager attention reproduces it."""
+    config = text_config(config)
+    family = FAMILIES.get(config.model_type, Family())
+    return getattr(config, "attn_logit_softcapping", None) if family.attention_softcap else None
+
+
 def varlen_limits(config: Any, window_kernel: bool) -> list[str]:
     """What torch's varlen kernel cannot do that this model's forward does (empty: varlen is exact)."""
     config = text_config(config)
     family = FAMILIES.get(config.model_type, Family())
     limits = []
-    cap = getattr(config, "attn_logit_softcapping", None)
-    if family.attention_softcap and cap:
+    cap = attention_softcap(config)
+    if cap:
         limits.append(f"{config.model_type} caps attention scores (attn_logit_softcapping {cap})")
     dropout = getattr(config, "attention_dropout", 0) or 0
     if dropout > 0:
@@ -116,17 +123,24 @@ def choose_attention(
     config = text_config(config)
     warning = unverified_warning(config)
     limits = varlen_limits(config, window_kernel)
+    cap = attention_softcap(config)
     if requested != AUTO:
         if requested == VARLEN and limits:
             raise ConfigError(f"train.attention varlen cannot train this model: {limits[0]}; use auto or eager")
+        if requested == "sdpa" and cap:  # transformers 5.17 lets Gemma 2 run sdpa, which drops the cap
+            raise ConfigError(f"train.attention sdpa cannot cap attention scores as {config.model_type} does; use auto")
         return AttentionPath(requested, "set in the config", warning)
     if warning:
         return AttentionPath(None, f"{OWN}: model_type {config.model_type} is not verified", warning)
+    why = None
     if fast != VARLEN:
-        return AttentionPath(None, f"{OWN}: no varlen kernel on this device")
-    if not packing:
-        return AttentionPath(None, f"{OWN}: rows are padded (train.packing false)")
-    if limits:
-        return AttentionPath(None, f"{OWN}: {limits[0]}")
+        why = "no varlen kernel on this device"
+    elif not packing:
+        why = "rows are padded (train.packing false)"
+    elif limits:
+        why = limits[0]
+    if why:
+        # only eager applies an attention cap (sdpa drops it)
+        return AttentionPath("eager" if cap else None, f"{OWN}{' (eager, to cap scores)' if cap else ''}: {why}")
     window = getattr(config, "sliding_window", None) if FAMILIES[config.model_type].window else None
     return AttentionPath(VARLEN, "torch varlen flash attention" + (f" with sliding_window {window}" if window else ""))

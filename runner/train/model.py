@@ -104,14 +104,7 @@ def load_base_model(
         kwargs["quantization_config"] = qlora_quantization(dtype)
         if not fsdp:
             kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
-    except ValueError as err:
-        if features.attention is None or "attn_implementation" not in str(err):
-            raise
-        reason = str(err).strip().splitlines()[0]
-        message = f"train.attention {features.attention} does not suit this model ({reason}); use auto"
-        raise ConfigError(message) from err
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
     if cfg.method != "qlora" and not fsdp:
         model.to(device)
     return model

@@ -14,7 +14,6 @@ bf16 against the same fp32 reference, within a bound set from the bf16 noise flo
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -222,7 +221,7 @@ def test_gemma2_trains_on_cpu_with_its_own_attention_and_says_why(family_folder)
 
 def test_explicit_sdpa_on_gemma2_is_one_clear_line(family_folder):
     folder = family_folder("gemma2")
-    with pytest.raises(ConfigError, match=r"train\.attention sdpa does not suit this model") as err:
+    with pytest.raises(ConfigError, match=r"train\.attention sdpa cannot cap attention scores as gemma2") as err:
         load_training_model(trainer_config(folder, "sdpa"), "no", torch.device("cpu"))
     assert "\n" not in str(err.value)
 
@@ -239,7 +238,7 @@ def test_a_fast_path_never_skips_a_window_or_a_cap_silently(family_folder):
     windowed = choose_attention(mistral, "auto", "varlen", packing=True, window_kernel=True)
     assert windowed.implementation == "varlen" and "sliding_window 8" in windowed.reason
     capped = choose_attention(gemma2, "auto", "varlen", packing=True, window_kernel=True)
-    assert capped.implementation is None and "attn_logit_softcapping 2.0" in capped.reason
+    assert capped.implementation == "eager" and "attn_logit_softcapping 2.0" in capped.reason
     dropout = choose_attention(replace_config(llama, attention_dropout=0.1), "auto", "varlen", True, True)
     assert dropout.implementation is None and "attention_dropout is 0.1" in dropout.reason
 
@@ -267,7 +266,39 @@ def test_start_event_says_which_paths_train_gemma2(family_folder, tmp_path, metr
     assert start["attention"] == "eager" and "the model's own attention" in start["attention_reason"]
     assert start["head"] == "fused" and "soft-capped at 3" in start["head_reason"]
     assert start["family_warning"] is None
-    json.dumps(start)
+    shown = progress_output({"phase": "train", "trainer": start})
+    assert shown.count("gpu1  trainer: attention eager (the model's own attention") == 1
+    assert "head fused (fused head and cross-entropy (soft-capped at 3))" in shown
+
+
+def progress_output(status: dict) -> str:
+    """What the CLI's progress prints for a host whose status carries the trainer's start event (twice)."""
+    import io
+
+    from rich.console import Console
+
+    from runner.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress(["gpu1"], console=Console(file=out, width=400))
+    progress.update("gpu1", status)
+    progress.update("gpu1", status)
+    return out.getvalue()
+
+
+def test_progress_warns_about_an_unverified_family(family_folder):
+    loss_model, features = load_training_model(
+        trainer_config(family_folder(UNVERIFIED), "auto"), "no", torch.device("cpu")
+    )
+    start = {
+        "attention": features.attention,
+        "attention_reason": features.attention_reason,
+        **loss_model.path_info(),
+        "family_warning": features.warning,
+    }
+    shown = progress_output({"trainer": start})
+    assert "gpu1  trainer: attention sdpa (the model's own attention: model_type phi is not verified)" in shown
+    assert "gpu1  warning: model_type phi is not among the verified families" in shown
 
 
 # --- CUDA: the fast path in bf16 -------------------------------------------------------------------------
