@@ -7,9 +7,11 @@ output folder. Elsewhere (localhost, containers, CI) it is a child process of th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +56,10 @@ def launch_env(gpu_names: list[str], token: str | None = None) -> dict[str, str]
 
 
 def launch_command(session_dir: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    """accelerate launch under runner.guard: the trainer ends with the supervisor, even after a kill -9 of it,
+    and with the launcher (a kill -9 of it leaves no trainer behind)."""
+    cmd = [sys.executable, "-m", "runner.guard", str(os.getpid()), "--", sys.executable, "-m",
+           "accelerate.commands.launch"]
     config = session_dir / "accelerate.yaml"
     if config.exists():
         cmd += ["--config_file", str(config)]
@@ -68,10 +73,14 @@ class ProcessTrainer:
         self.process = process
 
     def poll(self) -> int | None:
-        return self.process.poll()
+        rc = self.process.poll()
+        if rc is not None:  # the guard ends its group; if the guard itself was killed, this does
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        return rc
 
     def terminate(self) -> None:
-        os.killpg(self.process.pid, 15)
+        os.killpg(self.process.pid, signal.SIGTERM)
 
 
 class UnitTrainer:
