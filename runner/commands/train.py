@@ -131,8 +131,8 @@ def summarize(host: str, status: dict, host_dir: Path) -> None:
         out.print(f"{host}: inference down for {summary['inference_downtime_s']:.0f} s", markup=False)
     restore = status.get("restore", {})
     if restore and not restore.get("ok"):
-        err.print(f"{host}: RESTORE FAILED: power {restore.get('power')}; inference {restore.get('inference')}",
-                  style="bold red", markup=False)
+        err.print(f"{host}: RESTORE FAILED: trainer {restore.get('trainer')}; power {restore.get('power')}; "
+                  f"inference {restore.get('inference')}", style="bold red", markup=False)
     plot = plot_session(host_dir) if host_dir.exists() else None
     if plot:
         out.print(f"{host}: plot at {plot}", markup=False)
@@ -157,10 +157,19 @@ def write_plan(run_dir: Path, plan: dict) -> None:
     (run_dir / "session.json").write_text(json.dumps(plan, indent=1))
 
 
-def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool) -> int:
-    """Run (or re-follow) the session playbook with live progress; fetch, summarise, update the ledger."""
+def fetched_status(run_dir: Path, host: str) -> bytes | None:
+    path = run_dir / host / "status.json"
+    return path.read_bytes() if path.exists() else None
+
+
+def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resume: bool = False) -> int:
+    """Run (or re-follow) the session playbook with live progress; fetch, summarise, update the ledger.
+
+    The ledger records what happened to the session: a resume refused before it changed anything (the
+    session still runs, say) leaves the host's entry as it was."""
     plan = json.loads((Path(entry.run_dir) / "session.json").read_text())
     run_dir = Path(entry.run_dir)
+    before = {host: fetched_status(run_dir, host) for host in entry.hosts}
     extravars = {
         "train_session_id": entry.id,
         "train_session_job": plan["job"],
@@ -189,19 +198,24 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool) -> i
     if peers:
         peers.join()
     results = load_results(run_dir, entry.hosts)
+    untouched = set()
     for host in entry.hosts:
-        if not results[host] and host in run.failures:
-            failure = run.failures[host]
-            refused = failure.startswith("refused: ")
+        failure = run.failures.get(host, "")
+        refused = failure.startswith("refused: ")
+        if resume and refused and fetched_status(run_dir, host) == before[host]:
+            untouched.add(host)  # refused before anything was staged or started: the session is as it was
+            results[host] = {}
+        if not results[host] and failure:
             results[host] = {"outcome": "refused" if refused else "failed", "error": failure.removeprefix("refused: ")}
         summarize(host, results[host], run_dir / host)
     if plan["job"]["spec"].get("trust_remote_code"):
         err.print("Note: trust_remote_code was ON: the model repository's own code ran on the hosts.",
                   style="yellow", markup=False)
-    entry.host_outcomes = {h: r.get("outcome", "failed") for h, r in results.items()}
-    entry.outcome = ledger.overall(entry.host_outcomes)
-    entry.ended = time.time() if entry.outcome != "running" else None
-    ledger.record(entry)
+    if untouched != set(entry.hosts):
+        entry.host_outcomes.update({h: r.get("outcome", "failed") for h, r in results.items() if h not in untouched})
+        entry.outcome = ledger.overall(entry.host_outcomes)
+        entry.ended = time.time() if entry.outcome != "running" else None
+        ledger.record(entry)
     if any((run_dir / host).exists() for host in entry.hosts):
         out.print(f"run folder: {run_dir}", markup=False)
     return exit_code(results)
@@ -221,7 +235,7 @@ def train(job_file: str | None, hosts: str | None, inventory_path: str | None, o
     if resume:
         entry = ledger.get(resume)
         err.print(f"resuming session {entry.id} on {', '.join(entry.hosts)}", markup=False)
-        return follow_session(entry, load_inventory(entry.inventory), attach=False)
+        return follow_session(entry, load_inventory(entry.inventory), attach=False, resume=True)
     if job_file is None:
         raise UsageError("runner train needs a job file (or --resume ID).")
     spec = load_spec(job_file, overrides)

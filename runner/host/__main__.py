@@ -6,6 +6,8 @@
   python -m runner.host status DIR          the session's status.json, plus whether its supervisor lives
   python -m runner.host pack DIR WHAT       tar the results (WHAT: adapter | all | none); prints the path
   python -m runner.host check ROOT < JOB    preflight a job (JSON on stdin) before staging; exit 3 if refused
+  python -m runner.host reserve ROOT ID     claim the host for session ID before staging; exit 3 if it is busy
+  python -m runner.host release ROOT ID     drop session ID's claim (its staging failed)
   python -m runner.host stop DIR            ask DIR's session to stop gracefully (checkpoint, then restore)
   python -m runner.host log DIR [OFFSET]    train.log from OFFSET, as JSON, for `runner logs`
   python -m runner.host power PROFILE       apply the standing or session profile of the power config, read back
@@ -21,8 +23,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from runner.host import inference, nvml, power, preflight, serve
-from runner.host.lock import current_holder
+from runner.host import inference, lock, nvml, power, preflight, serve
 from runner.host.restore import restore
 from runner.host.status import Status
 from runner.host.supervisor import run_session
@@ -32,7 +33,7 @@ def probe(training_root: Path) -> dict:
     facts: dict = {"gpus": [], "nvml": "ok", "systemd": inference.has_systemd(),
                    "training_root": str(training_root),  # absolute, for Ansible modules that do not expand ~
                    "session_unit": Path(SESSION_UNIT).exists(),
-                   "lock_holder": current_holder(training_root / "session.lock")}
+                   "lock_holder": lock.current_holder(training_root / "session.lock")}
     try:
         with nvml.nvml():
             facts["gpus"] = [g.as_dict() for g in nvml.list_gpus()]
@@ -126,8 +127,20 @@ def check_job(training_root: Path) -> int:
     return 0
 
 
+def reserve_host(training_root: Path, session_id: str) -> int:
+    """The playbook's claim before staging: atomic, so of two sessions started at once one is refused."""
+    try:
+        lock.reserve(training_root / "session.lock", session_id)
+    except lock.HostBusy as busy:
+        print(f"refused: {busy}")
+        return 3
+    print(json.dumps({"reserved": session_id}))
+    return 0
+
+
 def request_stop(session_dir: Path) -> int:
     """`runner stop`: the trainer checkpoints at its next step, then the supervisor restores."""
+    lock.release(session_dir.parent.parent / "session.lock", session_dir.name)  # a session still being staged
     (session_dir / "STOP").touch()
     print(json.dumps(session_status(session_dir)))
     return 0
@@ -154,6 +167,8 @@ COMMANDS = {
     "status": lambda d, _: print(json.dumps(session_status(d))) or 0,
     "stop": lambda d, _: request_stop(d),
     "check": lambda d, _: check_job(d),
+    "reserve": lambda d, extra: reserve_host(d, extra),
+    "release": lambda d, extra: print(json.dumps({"released": lock.release(d / "session.lock", extra)})) or 0,
     "log": lambda d, extra: print_log(d, int(extra or 0)),
     "pack": lambda d, extra: print(pack(d, extra or "adapter")) or 0,
     "serve": lambda d, extra: serve.main(d, extra or "list"),

@@ -1,0 +1,54 @@
+"""The controller's faults on localhost: a killed `runner train` leaves nothing running on this machine, and a
+refused `--resume` of a session that still runs leaves the ledger as it was."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_runner
+from test_session_control import host_status, wait_for
+
+from runner import ledger
+
+DEMO = str(REPO / "examples" / "demo.yaml")
+pytestmark = pytest.mark.slow
+
+
+def start_train(home: Path, max_steps: int) -> subprocess.Popen:
+    runner = str(Path(sys.executable).parent / "runner")
+    args = [runner, "train", DEMO, "--set", f"train.max_steps={max_steps}", "--set", "train.save_steps=10"]
+    controller = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: (host_status(home).get("step") or 0) >= 2)
+    return controller
+
+
+def ansible_of(home: Path) -> str:
+    """ansible-playbook processes (and their guards) of runs whose data dir is under `home`."""
+    found = subprocess.run(["pgrep", "-af", f"ansible-playbook.*{home}"], capture_output=True, text=True).stdout
+    return found.strip()
+
+
+def test_a_killed_controller_leaves_nothing_running_here_and_the_session_finishes(home, tiny_model):
+    controller = start_train(home, max_steps=40)
+    assert ansible_of(home)  # the follow playbook runs now
+    controller.kill()  # SIGKILL: no handler, no cleanup of its own
+    controller.wait()
+    wait_for(lambda: not ansible_of(home), timeout=120)  # ansible-playbook and its workers ended with it
+    status = wait_for(lambda: (s := host_status(home)).get("outcome") not in (None, "running") and s, timeout=600)
+    assert status["outcome"] == "succeeded" and status["restore"]["ok"]  # the host finished on its own
+
+
+def test_a_refused_resume_of_a_running_session_leaves_the_ledger_alone(home, tiny_model):
+    controller = start_train(home, max_steps=100000)
+    session = ledger.sessions()[0].id
+    resumed = run_runner("train", "--resume", session)
+    assert resumed.returncode == 3, resumed.stderr
+    refused = [line for line in resumed.stderr.splitlines() if "refused" in line]
+    assert len(refused) == 1 and f"session {session} is still running" in refused[0], resumed.stderr
+    entry = ledger.get(session)
+    assert entry.outcome == "running" and entry.ended is None and entry.host_outcomes.get("localhost") != "refused"
+    assert host_status(home)["outcome"] == "running"
+    assert run_runner("stop", session).returncode == 130
+    controller.wait(timeout=300)
+    assert ledger.get(session).outcome == "interrupted"
