@@ -43,3 +43,23 @@ def test_converted_formats_pass(tmp_path):
                                    [{"src": str(data), "dest": "data/mixed.jsonl"}])
     assert found == "chat/instruction, 5 records checked, 1 without a response"
     assert check_uploaded_dataset(spec, {"dataset": "org/hub-dataset"}, []) is None
+
+
+@pytest.mark.slow
+def test_dropped_and_truncated_records_show_on_screen(home, tiny_model):
+    """A localhost session through the CLI: what the trainer dropped or cut is on the user's screen."""
+    records = [json.loads(line) for line in (REPO / "examples" / "data" / "demo.jsonl").read_text().splitlines()[:40]]
+    records += [
+        {"messages": [{"role": "user", "content": "no answer here"}]},
+        {"conversations": [{"from": "human", "value": "word " * 300}, {"from": "gpt", "value": "late"}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                      {"role": "assistant", "content": "long " * 300}]},
+    ]
+    (home / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    job = home / "job.yaml"
+    job.write_text(f"model: {tiny_model}\ndataset: ./data.jsonl\n"
+                   "train: {max_steps: 2, batch_size: 4, max_seq_len: 128, learning_rate: 0.003}\n")
+    result = run_runner("train", str(job))
+    assert result.returncode == 0, result.stderr
+    assert ("localhost  data: 41 examples; dropped 2 (1 without an assistant turn, 1 with the response beyond "
+            "max_seq_len 128); 1 truncated to max_seq_len") in result.stderr
