@@ -8,13 +8,17 @@ process table and NVML, and ends a stray trainer it finds before it hands the GP
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from simhost import A_3090TI, A_4090, spec
+
+from runner.spec import validate_spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="setting power limits needs root, like the driver")
 LONG = {"max_steps": 50000, "save_steps": 20000}
@@ -91,3 +95,32 @@ def test_the_restore_ends_a_stray_trainer_before_handing_the_gpus_back(host):
         stray.kill()
     assert ended == -15  # TERM was enough
     assert record["ok"] and record["trainer"].startswith(f"not running; ended stray trainer process(es) {stray.pid}")
+
+
+def test_a_trainer_the_restore_cannot_end_keeps_inference_stopped_and_says_so():
+    # The restore runs as 'nobody' here, so the root-owned stray trainer is beyond its reach (as a trainer of
+    # another user's would be); inference must then stay stopped, loudly
+    session = Path(tempfile.mkdtemp(prefix="orphan-")) / "sessions" / "s1"
+    session.mkdir(parents=True)
+    inference = {"service": "vllm", "mode": "stop", "health_url": "http://127.0.0.1:8000", "model_name": "tiny-chat"}
+    job = {"session_id": "s1", "host": "localhost", "spec": validate_spec(spec(inference=inference)).model_dump(),
+           "paths": {"model": "m", "dataset": "d"}}
+    (session / "job.json").write_text(json.dumps(job))
+    (session / "status.json").write_text(json.dumps({"outcome": "running", "pid": 0, "started": time.time(),
+                                                     "inference_stopped_at": time.time()}))
+    shutil.chown(session, "nobody")
+    for path in (session.parent.parent, session.parent):
+        path.chmod(0o755)
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(session / "train.json")])
+    try:
+        done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
+                               "runner.host", "restore", str(session)], capture_output=True, text=True, timeout=300)
+        alive = stray.poll() is None
+    finally:
+        stray.kill()
+        shutil.rmtree(session.parent.parent, ignore_errors=True)
+    assert alive and done.returncode == 1, done.stderr
+    record = json.loads(done.stdout.splitlines()[-1])
+    assert record["ok"] is False
+    assert record["trainer"].startswith(f"FAILED: trainer process(es) {stray.pid} still running after SIGKILL")
+    assert record["inference"] == "FAILED: vllm not started: the session's trainer is still running"
