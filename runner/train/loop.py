@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import signal
@@ -17,7 +18,8 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from .config import TrainSettings
 from .metrics import Metrics
-from .packing import BatchPlan, collate_packed, collate_padded
+from .packing import BatchPlan, collate_packed, collate_padded, pack_best_fit
+from .sizing import apply_checkpointing
 
 log = logging.getLogger("runner.train")
 
@@ -97,6 +99,7 @@ class Trainer:
         tokenizer: Any,
         pad_id: int,
         run_info: dict[str, Any],
+        forward_rows: int | None = None,
     ) -> None:
         self.accelerator, self.wrapped, self.peft_model = accelerator, wrapped, peft_model
         self.optimizer, self.scheduler, self.plan, self.steps = optimizer, scheduler, plan, steps
@@ -104,11 +107,17 @@ class Trainer:
         self.tokenizer, self.pad_id, self.run_info = tokenizer, pad_id, run_info
         self.step = 0
         self.last_loss: float | None = None
+        # Rows per forward pass: the plan's rows unless an out-of-memory error lowered it (the micro-batch is then
+        # split, its gradients summed: the optimizer steps on the same tokens, so the data position is unchanged)
+        self.forward_rows = forward_rows or plan.rows
+        self.last_checkpoint: Path | None = None
+        self._stepping = False  # inside optimizer.step: parameters may be half updated
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint (the newest complete one every rank has: checkpoint.agreed_checkpoint)."""
         state = load_checkpoint(self.accelerator, path, self.wrapped, self.peft_model, self.optimizer, self.scheduler)
         self.step = state["step"]
+        self.last_checkpoint = path
         log.info("resumed from %s at step %d", path, self.step)
 
     def state(self) -> dict[str, Any]:
@@ -117,6 +126,9 @@ class Trainer:
             "total_steps": self.steps,
             "rows": self.plan.rows,
             "checkpointing": self.run_info.get("gradient_checkpointing"),
+            "forward_rows": self.forward_rows,
+            "checkpointed_layers": self.run_info.get("checkpointed_layers"),
+            "offload_checkpoints": self.run_info.get("offload_checkpoints", False),
         }
 
     def run(self) -> Outcome:
@@ -125,7 +137,7 @@ class Trainer:
             return self._stopped(checkpoint=None)
         last_time, tokens = time.perf_counter(), 0
         while self.step < self.steps:
-            loss_sum = self._train_step()
+            loss_sum = self._train_step_recovering()
             tokens += self.plan.step_input_tokens(self.step)
             self.step += 1
             total_loss, stop = self._agreed_stop(loss_sum)
@@ -154,19 +166,95 @@ class Trainer:
         work = self.plan.step_work(self.step, acc.process_index)
         scale = acc.num_processes / work.trained_tokens  # DDP averages over ranks: undo it, divide by all tokens
         loss_sum = torch.zeros((), device=acc.device)
-        for index, examples in enumerate(work.micro_batches):
+        parts = [part for examples in work.micro_batches for part in self._forward_parts(examples)]
+        for index, examples in enumerate(parts):
             batch = self._to_device(examples)
-            last = index == len(work.micro_batches) - 1
+            last = index == len(parts) - 1
             with nullcontext() if last else acc.no_sync(self.wrapped):
                 loss = self.wrapped(**batch)
                 acc.backward(loss * scale)
             loss_sum += loss.detach().float()
+            loss = batch = None
         if self.settings.max_grad_norm:
             acc.clip_grad_norm_([p for p in self.wrapped.parameters() if p.requires_grad], self.settings.max_grad_norm)
+        self._stepping = True
         self.optimizer.step()
+        self._stepping = False
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
+
+    def _forward_parts(self, examples: list[int]) -> list[list[int]]:
+        """A micro-batch as forward passes of at most forward_rows rows (one pass unless memory ran out)."""
+        if self.forward_rows >= self.plan.rows or len(examples) <= 1:
+            return [examples]
+        if not self.plan.packing:
+            return [examples[i : i + self.forward_rows] for i in range(0, len(examples), self.forward_rows)]
+        return pack_best_fit(self.plan.lengths, examples, self.forward_rows * self.plan.max_seq_len)
+
+    def _train_step_recovering(self) -> torch.Tensor:
+        """A step; out of GPU memory mid-run, fewer rows per forward pass (then checkpointing, then offloading
+        it to CPU) and the step again: from where it was when the parameters are intact, else from the last
+        checkpoint. One process only: a rank cannot change shape alone while its peers wait in a collective."""
+        while True:
+            try:
+                return self._train_step()
+            except torch.OutOfMemoryError as err:
+                change = self._lower_memory_plan()
+                if change is None or self.accelerator.num_processes > 1:
+                    raise
+                if self._stepping and self.last_checkpoint is None:
+                    raise RuntimeError(
+                        "out of GPU memory in the optimizer step with no checkpoint to go back to"
+                    ) from err
+                stepping, self._stepping = self._stepping, False
+            # out of the except block: its traceback held the failed step's tensors
+            self._recover(change, from_checkpoint=stepping)
+
+    def _lower_memory_plan(self) -> dict[str, Any] | None:
+        """The next smaller setting: half the rows per pass, then checkpointing every layer, then offloading."""
+        info = self.run_info
+        if self.forward_rows > 1:
+            return {"forward_rows": self.forward_rows // 2}
+        if info.get("checkpointed_layers") != info.get("layers") or not info.get("gradient_checkpointing"):
+            return {"checkpointed_layers": info.get("layers"), "gradient_checkpointing": True}
+        if not info.get("offload_checkpoints"):
+            return {"offload_checkpoints": True}
+        return None
+
+    def _recover(self, change: dict[str, Any], from_checkpoint: bool) -> None:
+        before = {"forward_rows": self.forward_rows, **{k: self.run_info.get(k) for k in change if k != "forward_rows"}}
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.forward_rows = change.get("forward_rows", self.forward_rows)
+        self.run_info.update({k: v for k, v in change.items() if k != "forward_rows"})
+        if "forward_rows" not in change:
+            apply_checkpointing(
+                self.peft_model,
+                self.run_info.get("checkpointed_layers"),
+                bool(self.run_info.get("offload_checkpoints")),
+            )
+        if from_checkpoint:
+            assert self.last_checkpoint is not None
+            self.resume(self.last_checkpoint)
+        where = f"from the checkpoint {self.last_checkpoint}" if from_checkpoint else "the same step again"
+        log.warning(
+            "out of GPU memory at step %d: %s -> %s; continuing with %s",
+            self.step + 1,
+            before,
+            change,
+            where,
+        )
+        self.metrics.event(
+            "out_of_memory",
+            step=self.step,
+            before=before,
+            after={"forward_rows": self.forward_rows, **{k: v for k, v in change.items() if k != "forward_rows"}},
+            resumed_from=str(self.last_checkpoint) if from_checkpoint else None,
+            message=f"out of GPU memory at step {self.step + 1}: continuing with {change} ({where})",
+        )
 
     def _to_device(self, indices: list[int]) -> dict[str, Any]:
         examples = [self.plan.examples[i] for i in indices]
@@ -194,6 +282,7 @@ class Trainer:
             self.state(),
             self.output_dir,
         )
+        self.last_checkpoint = Path(path)
         self.metrics.event("checkpoint", step=self.step, path=str(path))
         return str(path)
 

@@ -17,7 +17,7 @@ from .config import ConfigError, TrainConfig
 from .data import Example, read_records, tokenize_records
 from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, total_steps
 from .metrics import Metrics, setup_logging
-from .model import CausalLMLoss, compile_layers, enable_checkpointing, load_tokenizer, load_training_model
+from .model import CausalLMLoss, compile_layers, load_tokenizer, load_training_model
 from .packing import BatchPlan
 from .sizing import Sizing, apply_checkpointing, choose_sizing
 

@@ -1,34 +1,140 @@
-"""Size micro-batches from free GPU memory, and turn on activation checkpointing only when memory needs it.
+"""Size micro-batches and activation checkpointing by throughput, among the shapes that fit the memory budget.
 
-Two probe steps (one and two rows of max_seq_len tokens) give the memory per token and the fixed cost;
-the largest row count that fits 90 % of what is free (less optimizer state) is used.
+Probe steps (a forward and backward over random tokens, timed and measured) give, per token, the memory and
+time of a micro-batch with every decoder layer checkpointed, and what leaving layers un-checkpointed adds in
+memory and saves in time. Every (rows, checkpointed layers) candidate that fits the budget is scored by its
+modelled tokens/s and the fastest is used: on a tight card that is often more rows with checkpointing, not
+the most rows that fit without it. Where even one row with checkpointing does not fit, the checkpointed layer
+inputs are offloaded to CPU memory (long context).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from .config import AUTO, ConfigError, TrainSettings
 from .data import Example
-from .model import enable_checkpointing
+from .model import decoder_layers, enable_checkpointing
 from .packing import collate_packed, collate_padded
 
 log = logging.getLogger("runner.train")
-MAX_TOKENS_PER_MICRO_BATCH = 16384  # past this, bigger matrices no longer buy throughput
-HEADROOM = 0.9
+GIB = 2**30
+MAX_TOKENS_PER_MICRO_BATCH = 16384  # past this, bigger matrices no longer buy throughput (and steps grow large)
+# What a real card holds outside torch's allocator, which a per-process memory fraction does not count: the CUDA
+# context with its kernel images and cuBLAS/cuDNN handles. 0.5-0.9 GiB on 30/40-series cards with CUDA 12+ lazy
+# loading (nvidia-smi's per-process use minus torch.cuda.memory_reserved; bench/RESULTS.md has the H200 figure).
+CUDA_CONTEXT_GIB = 1.0
+# NCCL's communication buffers (cudaMalloc'd by NCCL, outside torch's allocator) when several processes train.
+NCCL_BUFFERS_GIB = 0.5
+# Reserved over allocated: the caching allocator's fragmentation, which the probe's allocated peak does not show.
+ALLOCATOR_SLACK = 0.05
 
 
 @dataclass(frozen=True)
 class Sizing:
     rows: int  # packed: max_seq_len-token rows per micro-batch; unpacked: examples per micro-batch
     checkpointing: bool
-    probe: dict[str, float]  # what the probe measured (GiB), for the start event
+    probe: dict[str, Any]  # what the probe measured and chose, for the start event
+    checkpointed_layers: int | None = None  # None: all layers when checkpointing, none otherwise
+    offload: bool = False  # checkpointed layer inputs held in CPU memory
+    forward_rows: int | None = None  # rows per forward pass when lower than rows (after an out-of-memory error)
+    candidates: list[dict[str, float]] = field(default_factory=list, compare=False)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Peak bytes and seconds of one probe step over `tokens` tokens; peak None when it ran out of memory."""
+
+    tokens: int
+    peak: int | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Model:
+    """Linear models of a micro-batch of T tokens (every layer checkpointed), and what un-checkpointing adds."""
+
+    mem_fixed: float  # bytes at T = 0, checkpointed
+    mem_per_token: float  # bytes per token, checkpointed
+    extra_per_token: float  # bytes per token if no layer is checkpointed, over the checkpointed figure
+    time_fixed: float  # seconds at T = 0, checkpointed
+    time_per_token: float
+    recompute_share: float  # share of the checkpointed step's time that no checkpointing saves
+    layers: int
+
+    def peak(self, tokens: int, kept: int) -> float:
+        """Predicted peak with `kept` of the layers not checkpointed."""
+        extra = self.extra_per_token * tokens * kept / self.layers if kept else 0.0  # (inf x 0 is nan)
+        return self.mem_fixed + self.mem_per_token * tokens + extra
+
+    def seconds(self, tokens: int, kept: int) -> float:
+        step = self.time_fixed + self.time_per_token * tokens
+        return step * (1 - self.recompute_share * kept / self.layers)
+
+
+def memory_budget(available: float, world_size: int, fraction_limited: bool) -> float:
+    """Bytes the training step may peak at: what torch may allocate, less what a real card also holds."""
+    budget = available * (1 - ALLOCATOR_SLACK)
+    if fraction_limited:  # a per-process fraction: the context is not in the figure (a card's free memory has it)
+        budget -= CUDA_CONTEXT_GIB * GIB
+    if world_size > 1:
+        budget -= NCCL_BUFFERS_GIB * GIB
+    return budget
+
+
+def fit_model(checkpointed: list[Measure], plain: list[Measure], layers: int) -> Model:
+    """The linear models from probe steps: `checkpointed` at one or two sizes, `plain` (no checkpointing) at the
+    sizes that fitted (its memory and time relative to checkpointed steps of the same size)."""
+    done = [m for m in checkpointed if m.peak is not None]
+    first = done[0]
+    if len(done) > 1 and done[-1].tokens > first.tokens:
+        last = done[-1]
+        per_token = max((last.peak - first.peak) / (last.tokens - first.tokens), 1.0)
+        time_per_token = max((last.seconds - first.seconds) / (last.tokens - first.tokens), 1e-9)
+    else:  # one size: the probe's peak over tokens (an upper bound), time proportional to tokens
+        per_token, time_per_token = first.peak / first.tokens, first.seconds / first.tokens
+    extra, share = float("inf"), 0.0
+    pairs = [(p, c) for p in plain if p.peak is not None for c in done if c.tokens == p.tokens]
+    if pairs:
+        extra = max(max((p.peak - c.peak) / p.tokens, 0.0) for p, c in pairs)
+        share = sum(min(max(1 - p.seconds / c.seconds, 0.0), 0.9) for p, c in pairs) / len(pairs)
+    return Model(
+        mem_fixed=first.peak - per_token * first.tokens,
+        mem_per_token=per_token,
+        extra_per_token=extra,
+        time_fixed=max(first.seconds - time_per_token * first.tokens, 0.0),
+        time_per_token=time_per_token,
+        recompute_share=share,
+        layers=layers,
+    )
+
+
+def best_candidate(
+    model: Model, row_tokens: int, rows_choices: list[int], kept_choices: list[int], budget: float
+) -> tuple[int, int, float, float] | None:
+    """(rows, layers kept un-checkpointed, predicted peak, predicted tokens/s) of the fastest shape in budget."""
+    best = None
+    for rows in rows_choices:
+        tokens = rows * row_tokens
+        for kept in kept_choices:
+            if kept and model.extra_per_token == float("inf"):
+                continue
+            peak = model.peak(tokens, kept)
+            if not peak <= budget:
+                continue
+            speed = tokens / model.seconds(tokens, kept)
+            if best is None or speed > best[3] * 1.01:  # 1 %: measurement noise, prefer the earlier (smaller)
+                best = (rows, kept, peak, speed)
+    return best
 
 
 def choose_sizing(
@@ -38,51 +144,138 @@ def choose_sizing(
     device: torch.device,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     can_probe: bool = True,
+    world_size: int = 1,
 ) -> Sizing:
     """Rows per micro-batch and checkpointing; probes on CUDA, takes the safe small choice elsewhere."""
     fixed_rows = settings.batch_size if settings.batch_size != AUTO else None
     checkpointing = settings.gradient_checkpointing
     if device.type != "cuda" or not can_probe:
         rows = fixed_rows or 1
-        gc = checkpointing if checkpointing != AUTO else not can_probe and device.type == "cuda"
-        if gc:
-            enable_checkpointing(loss_model.model)
-        return Sizing(rows, bool(gc), {})
+        gc_on = checkpointing if checkpointing != AUTO else not can_probe and device.type == "cuda"
+        layers = len(decoder_layers(loss_model.model))
+        if gc_on:
+            apply_checkpointing(loss_model.model, None, offload=False)
+        return Sizing(rows, bool(gc_on), {"layers": layers, "checkpointed_layers": layers if gc_on else 0})
     probe = _Probe(loss_model, settings.max_seq_len, packing, device, autocast)
-    if checkpointing is True:
-        enable_checkpointing(loss_model.model)
-    first = probe.peak(fixed_rows or 1)
-    if first is None and checkpointing == AUTO:
-        enable_checkpointing(loss_model.model)
-        checkpointing = True
-        first = probe.peak(fixed_rows or 1)
-    if first is None:
-        raise ConfigError(
-            f"one micro-batch of {fixed_rows or 1} x {settings.max_seq_len} tokens does not fit in "
-            "GPU memory even with checkpointing; lower train.max_seq_len or train.batch_size"
-        )
-    checkpointing = checkpointing is True
-    if fixed_rows:
-        return Sizing(fixed_rows, checkpointing, {"peak_gib": first / 2**30})
-    second = probe.peak(2)
-    cap = max(1, MAX_TOKENS_PER_MICRO_BATCH // settings.max_seq_len)
-    if second is None:
-        rows = 1
-    else:
-        per_row = max(second - first, 1)
-        rows = int((probe.available() * HEADROOM - (first - per_row) - probe.optimizer_bytes()) // per_row)
-        rows = max(1, min(rows, cap))
+    layers = len(decoder_layers(loss_model.model))
+    budget = memory_budget(probe.available(), world_size, probe.fraction_limited()) - probe.optimizer_bytes()
+    length = settings.max_seq_len
+    cap = max(1, MAX_TOKENS_PER_MICRO_BATCH // length)
+    rows_choices = [fixed_rows] if fixed_rows else list(range(1, cap + 1))
+    kept_choices = {True: [0], False: [layers]}.get(checkpointing, list(range(layers + 1)))  # type: ignore[arg-type]
+
+    apply_checkpointing(loss_model.model, None, offload=False)
+    probe.run(1, min(length, 2048))  # warm-up: kernels load and tune here, not in a timed step
+    checkpointed = [probe.run(rows_choices[0], length)]
+    if _fits(checkpointed[0], budget) and len(rows_choices) > 1:
+        checkpointed.append(probe.run(2, length))
+    plain: list[Measure] = []
+    if kept_choices != [0]:
+        plain = _plain_measures(loss_model.model, probe, len(checkpointed) > 1, length, rows_choices[0], budget)
+        if not any(_fits(m, budget) for m in plain) and kept_choices == [layers]:
+            raise ConfigError(
+                f"one micro-batch of {rows_choices[0]} x {length} tokens does not fit in GPU memory without "
+                "checkpointing; set train.gradient_checkpointing to auto or true, or lower train.max_seq_len"
+            )
+        if plain[-1].tokens < length and plain[-1].peak is not None:  # a quarter row: its checkpointed twin
+            checkpointed.insert(0, probe.run(1, plain[-1].tokens))
+    offload = False
+    full = next(m for m in checkpointed if m.tokens == rows_choices[0] * length)
+    if not _fits(full, budget) and kept_choices != [layers]:
+        # Even one row checkpointed is over: hold the checkpointed layer inputs in CPU memory
+        apply_checkpointing(loss_model.model, None, offload=True)
+        full = probe.run(rows_choices[0], length)
+        checkpointed, plain, offload = [full], [], True
+        rows_choices, kept_choices = rows_choices[:1], [0]
+        if not _fits(full, budget):
+            raise ConfigError(
+                f"one micro-batch of {rows_choices[0]} x {length} tokens does not fit in GPU memory even with "
+                "checkpointing offloaded to CPU; lower train.max_seq_len or train.batch_size"
+            )
+    model = fit_model(checkpointed, plain, layers)
+    best = best_candidate(model, length, rows_choices, kept_choices, budget)
+    if best is None:  # nothing predicted in budget: the smallest checkpointed shape (it ran)
+        best = (rows_choices[0], 0, float(full.peak or 0), full.tokens / max(full.seconds, 1e-9))
+    rows, kept, peak, speed = best
+    checkpointed_layers = layers - kept
+    apply_checkpointing(loss_model.model, checkpointed_layers, offload)
     log.info(
-        "sizing: %d row(s) of %d tokens per micro-batch, checkpointing %s",
+        "sizing: %d row(s) of %d tokens per micro-batch, %d of %d layers checkpointed%s "
+        "(predicted %.0f tokens/s, peak %.1f GiB of a %.1f GiB budget)",
         rows,
-        settings.max_seq_len,
-        checkpointing,
+        length,
+        checkpointed_layers,
+        layers,
+        ", inputs offloaded to CPU" if offload else "",
+        speed,
+        (peak + probe.optimizer_bytes()) / GIB,
+        (budget + probe.optimizer_bytes()) / GIB,
     )
-    return Sizing(
-        rows,
-        checkpointing,
-        {"peak_1_row_gib": round(first / 2**30, 2), "peak_2_rows_gib": round((second or 0) / 2**30, 2)},
-    )
+    info = {
+        "layers": layers,
+        "checkpointed_layers": checkpointed_layers,
+        "offload_checkpoints": offload,
+        "memory_budget_gib": round((budget + probe.optimizer_bytes()) / GIB, 2),
+        "predicted_peak_gib": round((peak + probe.optimizer_bytes()) / GIB, 2),
+        "predicted_tokens_per_s": round(speed),
+        "probe_steps": [
+            {"tokens": m.tokens, "peak_gib": m.peak and round(m.peak / GIB, 2), "s": round(m.seconds, 3), "plain": p}
+            for p, group in ((False, checkpointed), (True, plain))
+            for m in group
+        ],
+    }
+    return Sizing(rows, checkpointed_layers > 0, info, checkpointed_layers, offload)
+
+
+def _fits(measure: Measure, budget: float) -> bool:
+    return measure.peak is not None and measure.peak <= budget
+
+
+def _plain_measures(
+    model: nn.Module, probe: _Probe, two_sizes: bool, length: int, rows: int, budget: float
+) -> list[Measure]:
+    """Steps without checkpointing at the checkpointed sizes; where a row does not fit, one at a quarter row
+    (the caller measures it checkpointed too), enough for the per-token figures. Leaves every layer checkpointed."""
+    apply_checkpointing(model, 0, offload=False)
+    measures = [probe.run(rows, length)]
+    if _fits(measures[0], budget) and two_sizes:
+        measures.append(probe.run(2, length))
+    if measures[0].peak is None and length >= 1024:
+        measures.append(probe.run(1, length // 4))
+    apply_checkpointing(model, None, offload=False)
+    return measures
+
+
+def apply_checkpointing(model: nn.Module, checkpointed_layers: int | None, offload: bool) -> None:
+    """Checkpoint the first `checkpointed_layers` decoder layers (None: all, 0: none); the others keep their
+    activations. With offload, each checkpointed layer's saved input lives in (pinned) CPU memory."""
+    layers = decoder_layers(model)
+    if checkpointed_layers is None:
+        checkpointed_layers = len(layers)
+    if checkpointed_layers and not all(hasattr(layer, "_gradient_checkpointing_func") for layer in layers):
+        enable_checkpointing(model)
+    if not all(hasattr(layer, "gradient_checkpointing") for layer in layers):
+        if checkpointed_layers != len(layers) or offload:
+            log.warning("this model's layers checkpoint all or nothing: checkpointing every layer, on the GPU")
+        return
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index < checkpointed_layers
+        func = getattr(layer, "_gradient_checkpointing_func", None)
+        if func is None:
+            continue
+        plain = getattr(func, "plain", func)
+        layer._gradient_checkpointing_func = _offloaded(plain) if offload else plain
+
+
+def _offloaded(checkpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """The checkpoint function, with what it saves (the layer's input) held in CPU memory until backward."""
+
+    def run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+            return checkpoint(function, *args, **kwargs)
+
+    run.plain = checkpoint  # type: ignore[attr-defined]
+    return run
 
 
 class _Probe:
@@ -105,35 +298,43 @@ class _Probe:
         if device.index is None:  # the memory queries need an indexed device
             self.device = torch.device(device.type, torch.cuda.current_device())
 
-    def peak(self, rows: int) -> int | None:
-        """Peak bytes of one forward+backward over `rows` full-length examples; None when out of memory."""
+    def run(self, rows: int, length: int) -> Measure:
+        """One timed forward+backward over `rows` random examples of `length` tokens."""
         gen = torch.Generator().manual_seed(0)
-        examples = [
-            Example(ids, ids) for ids in torch.randint(0, self.vocab, (rows, self.max_seq_len), generator=gen).tolist()
-        ]
+        examples = [Example(ids, ids) for ids in torch.randint(0, self.vocab, (rows, length), generator=gen).tolist()]
         batch = collate_packed(examples) if self.packing else collate_padded(examples, 0)
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        peak: int | None = None
         try:
             with self.autocast():
                 loss = self.model(**batch)
             loss.backward()
             torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
         except torch.OutOfMemoryError:
-            return None
-        finally:
-            loss = None
-            for p in self.model.parameters():
-                p.grad = None
-            torch.cuda.empty_cache()
+            pass  # leave the except block first: its traceback holds the step's tensors
+        seconds = time.perf_counter() - start
+        loss = None
+        for p in self.model.parameters():
+            p.grad = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        return Measure(rows * length, peak, seconds)
 
     def available(self) -> float:
         free, total = torch.cuda.mem_get_info(self.device)
-        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(self.device)
-        return min(total * fraction, free + torch.cuda.memory_reserved(self.device))
+        return min(total * self._fraction(), free + torch.cuda.memory_reserved(self.device))
+
+    def fraction_limited(self) -> bool:
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total * self._fraction() < free + torch.cuda.memory_reserved(self.device)
+
+    def _fraction(self) -> float:
+        return getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(self.device)
 
     def optimizer_bytes(self) -> int:
         """AdamW moments and DDP's gradient buckets, which the probe does not allocate."""
