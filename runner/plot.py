@@ -1,4 +1,4 @@
-"""The session plot: loss over steps, and each GPU's power and temperature over time, as one PNG."""
+"""The session plot: loss over steps, and each GPU's power, temperature and memory over time, as one PNG."""
 
 from __future__ import annotations
 
@@ -18,12 +18,23 @@ def plot_session(host_dir: Path) -> Path | None:
     telemetry = _jsonl(host_dir / "telemetry.jsonl")
     if not metrics and not telemetry:
         return None
+    import matplotlib.pyplot as plt
+
+    fig = session_figure(metrics, telemetry)
+    path = host_dir / "session.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def session_figure(metrics: list[dict], telemetry: list[dict]):
+    """Four panels: loss over steps; per GPU over seconds: power (instant, 1 s average, limit), temperature, memory."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a laptop over SSH or in CI
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, power_ax, temp_ax) = plt.subplots(3, 1, figsize=(8, 9), constrained_layout=True)
+    fig, (loss_ax, power_ax, temp_ax, mem_ax) = plt.subplots(4, 1, figsize=(8, 12), constrained_layout=True)
     loss_ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], color="tab:blue")
     loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
     if telemetry:
@@ -34,14 +45,15 @@ def plot_session(host_dir: Path) -> Path | None:
             seconds = [s for s, _ in rows]
             line = power_ax.plot(seconds, [g["instant_power_w"] or g["power_w"] for _, g in rows],
                                  label=f"GPU{i} instant")[0]
+            power_ax.plot(seconds, [g["power_w"] for _, g in rows], linestyle=":", color=line.get_color(),
+                          label=f"GPU{i} 1 s average")
             power_ax.plot(seconds, [g["limit_w"] for _, g in rows], linestyle="--", color=line.get_color(),
                           label=f"GPU{i} limit")
             temp_ax.plot(seconds, [g["temperature_c"] for _, g in rows], label=f"GPU{i}")
-        power_ax.legend(fontsize="small")
-        temp_ax.legend(fontsize="small")
+            mem_ax.plot(seconds, [(g.get("memory_used_mib") or 0) / 1024 for _, g in rows], label=f"GPU{i}")
+        for ax in (power_ax, temp_ax, mem_ax):
+            ax.legend(fontsize="small")
     power_ax.set(title="GPU power", xlabel="seconds", ylabel="W")
     temp_ax.set(title="GPU temperature", xlabel="seconds", ylabel="°C")
-    path = host_dir / "session.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    mem_ax.set(title="GPU memory used", xlabel="seconds", ylabel="GiB")
+    return fig

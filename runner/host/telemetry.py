@@ -53,6 +53,7 @@ class Telemetry(threading.Thread):
 
     def run(self) -> None:
         with nvml.nvml(), self.path.open("a", encoding="utf-8") as out:
+            due = time.monotonic()
             while not self._halt.is_set():
                 now = time.time()
                 self.latest = [nvml.sample(u) for u in self.uuids]
@@ -60,7 +61,9 @@ class Telemetry(threading.Thread):
                 out.flush()
                 for reading in self.latest:
                     self._watch(reading, now)
-                self._halt.wait(self.interval_s)
+                # on a fixed cadence: waiting a whole interval after each sample would fall below 1 Hz
+                due = max(due + self.interval_s, time.monotonic())
+                self._halt.wait(due - time.monotonic())
 
     def stop(self) -> None:
         self._halt.set()
