@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from runner.paths import data_dir
 
@@ -31,5 +32,5 @@ def hf_token_file() -> Iterator[str]:
         os.close(fd)
         yield path
     finally:
-        os.unlink(path)
+        Path(path).unlink(missing_ok=True)  # runner.guard removes it as ansible-playbook ends, even after a kill -9
         os.environ[TOKEN_ENV] = token

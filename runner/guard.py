@@ -1,10 +1,12 @@
-"""Run a command that must not outlive whoever started it. Run: python -m runner.guard PARENT_PID -- CMD...
+"""Run a command that must not outlive whoever started it.
+Run: python -m runner.guard PARENT_PID [--remove FILE]... -- CMD...
 
 The guard leads a process group holding CMD and everything CMD starts. It ends that whole group
 when its parent dies (the kernel's parent-death signal, even after a kill -9), when it is asked to
 stop (TERM, INT, HUP: forwarded to the group), and when CMD itself ends, so nothing CMD left behind
 (a trainer whose launcher was killed, an Ansible worker whose parent is gone) runs on. Members get
-TERM first, KILL after a grace period. It exits with CMD's exit status (128+N for a signal N).
+TERM first, KILL after a grace period. Then it removes each --remove FILE (a secret handed to CMD, which
+must not outlive it either) and exits with CMD's exit status (128+N for a signal N).
 PARENT_PID 0 watches no parent (a systemd unit's main process: the unit stops it). Standard library
 only: the controller runs it around ansible-playbook, the host around the trainer.
 """
@@ -72,7 +74,15 @@ def end_group(pgid: int, first: int = signal.SIGTERM, grace_s: float = GRACE_S) 
         time.sleep(0.1)
 
 
-def run(parent: int, cmd: list[str]) -> int:
+def run(parent: int, cmd: list[str], remove: list[str]) -> int:
+    try:
+        return _run(parent, cmd)
+    finally:
+        for path in remove:
+            Path(path).unlink(missing_ok=True)
+
+
+def _run(parent: int, cmd: list[str]) -> int:
     if parent:
         die_with_parent()
         if os.getppid() != parent:  # the parent was gone before the kernel could watch it for us
@@ -97,10 +107,13 @@ def run(parent: int, cmd: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
+    split = argv.index("--") if "--" in argv else len(argv)
+    options, cmd = argv[:split], argv[split + 1:]
+    flags_ok = len(options) % 2 == 1 and all(flag == "--remove" for flag in options[1::2])
+    if not cmd or not flags_ok or not options[0].isdigit():
         print(__doc__, file=sys.stderr)
         return 2
-    return run(int(argv[0]), argv[2:])
+    return run(int(options[0]), cmd, options[2::2])
 
 
 if __name__ == "__main__":

@@ -77,8 +77,10 @@ def new_run_dir(name: str) -> Path:
 
 
 def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: dict | None = None,
-                 on_event: EventFn | None = None, check: bool = False, raise_on_failure: bool = True) -> Run:
-    """Run playbooks/<name>.yml against `hosts`; failures become one-line PlaybookFailed errors."""
+                 on_event: EventFn | None = None, check: bool = False, raise_on_failure: bool = True,
+                 secret_files: tuple[str, ...] = ()) -> Run:
+    """Run playbooks/<name>.yml against `hosts`; failures become one-line PlaybookFailed errors.
+    `secret_files` (a token handed over as a file) are removed when ansible-playbook ends, even after a kill -9."""
     data = new_run_dir(name)
     failures: dict[str, str] = {}
 
@@ -103,7 +105,9 @@ def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: d
         envvars={"ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg")})
     result.config.env = without_secrets(result.config.env)
     # ansible-playbook and its workers end with us, even after a kill -9 (runner.guard's parent-death signal)
-    result.config.command = [sys.executable, "-m", "runner.guard", str(os.getpid()), "--", *result.config.command]
+    removes = [arg for path in secret_files for arg in ("--remove", path)]
+    result.config.command = [sys.executable, "-m", "runner.guard", str(os.getpid()), *removes, "--",
+                             *result.config.command]
     result.run()
     if result.status != "successful" and not failures:
         failures["controller"] = last_line(result) or f"ansible-playbook ended {result.status}"

@@ -192,7 +192,8 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resu
     try:
         with Progress(entry.hosts) as progress, hf_token_file() as token_file:
             extravars["train_session_hf_token_file"] = token_file
-            run = run_playbook("train", inventory, entry.hosts, extravars, on_event=on_event, raise_on_failure=False)
+            run = run_playbook("train", inventory, entry.hosts, extravars, on_event=on_event, raise_on_failure=False,
+                               secret_files=(token_file,) if token_file else ())
     except KeyboardInterrupt:
         return stop_after_interrupt(entry, inventory)
     if peers:
