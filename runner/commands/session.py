@@ -36,7 +36,7 @@ def refresh(entry: ledger.Entry) -> dict[str, dict]:
         entry.host_outcomes[host] = outcome
     if live:
         entry.outcome = ledger.overall(entry.host_outcomes)
-        entry.ended = entry.ended or (time.time() if entry.outcome != "running" else None)
+        entry.ended = None if entry.outcome == "running" else entry.ended or time.time()  # a resumed session runs
         ledger.record(entry)
     return live
 
