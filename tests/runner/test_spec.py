@@ -1,6 +1,7 @@
 """The job spec: good specs load, every bad one is refused with exit 2 and one line naming the key."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,14 @@ from runner.commands.train import stage
 from runner.errors import UsageError
 from runner.host.launch import trainer_config
 from runner.inventory import load_inventory
-from runner.spec import LoraSection, TrainSection, apply_override, load_spec, validate_spec
+from runner.spec import (
+    ClusterSection,
+    LoraSection,
+    TrainSection,
+    apply_override,
+    load_spec,
+    validate_spec,
+)
 from runner.train.config import ATTENTIONS, FORMATS, METHODS, parse_config
 
 BAD = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
@@ -92,26 +100,34 @@ def test_cli_bad_hosts_or_inventory_exit_2(home, args, message):
 
 # -- the spec and the trainer agree (one list of values; what the laptop accepts, the trainer parses) ------------
 
-SPEC_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 5000), st.sampled_from([0.0, 0.5, 1.0, 1e-4, 2.5, 4294967296]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["auto", "all-linear", "", "q_proj", "x"]),
-    st.lists(st.sampled_from(["q_proj", "v_proj", "", " "]), max_size=3),
-    st.sampled_from([*ATTENTIONS, *FORMATS, *METHODS, "flash", "flex"]),
-)
+# Values a key may take in the generated jobs: valid for some keys, edge cases for others
+EDGE_VALUES = [None, True, False, "", "x", 0, 1, 2, -1, 16, 4096, 0.5, 1e-4, 1.5, math.inf, -math.inf, math.nan,
+               2**32, [], ["q_proj", "v_proj"], [""], "all-linear", "flash", "flex", *ATTENTIONS, *FORMATS, *METHODS]
+
+
+SPEC_KEYS = ["format", "method", "trust_remote_code",
+             *(f"{name}.{key}" for name, model in (("lora", LoraSection), ("train", TrainSection),
+                                                   ("cluster", ClusterSection)) for key in model.model_fields)]
 
 
 def spec_strategy() -> st.SearchStrategy[dict]:
-    """Raw job dicts: each key of the lora and train sections, and the top-level choices, from SPEC_VALUES."""
-    section = {name: st.dictionaries(st.sampled_from(list(model.model_fields)), SPEC_VALUES, max_size=5)
-               for name, model in (("lora", LoraSection), ("train", TrainSection))}
-    top = st.fixed_dictionaries({}, optional={"format": SPEC_VALUES, "method": SPEC_VALUES,
-                                              "trust_remote_code": SPEC_VALUES, **section})
-    return top.map(lambda d: {"model": "org/model", "dataset": "data/d.jsonl", **d})
+    """Raw job dicts: a minimal job with one to three keys set to an edge value (valid for some keys, not others)."""
+    def job(changes: list[tuple[str, object]]) -> dict:
+        data: dict = {"model": "org/model", "dataset": "data/d.jsonl"}
+        for key, value in changes:
+            section, _, name = key.rpartition(".")
+            (data.setdefault(section, {}) if section else data)[name] = value
+        return data
+
+    return st.lists(st.tuples(st.sampled_from(SPEC_KEYS), st.sampled_from(EDGE_VALUES)), min_size=1,
+                    max_size=3).map(job)
 
 
-def as_trainer_config(spec, tmp_path: Path) -> dict:
-    """What the host hands the trainer: launch.trainer_config on the staged job, through train.json."""
-    job = {"session_id": "s1", "spec": spec.model_dump(), "paths": {"model": "/m", "dataset": "/d.jsonl"}}
+def as_trainer_config(spec, tmp_path: Path, multi_node: bool = False) -> dict:
+    """What the host hands the trainer: launch.trainer_config on the staged job (a multi-node one where the spec
+    has a cluster section), through train.json."""
+    job = {"session_id": "s1", "spec": spec.model_dump(), "paths": {"model": "/m", "dataset": "/d.jsonl"},
+           **({"cluster": {"num_machines": 2, "machine_rank": 0}} if multi_node else {})}
     return json.loads(json.dumps(trainer_config(job, tmp_path)))
 
 
@@ -122,7 +138,7 @@ def test_every_spec_the_laptop_accepts_the_trainer_parses(tmp_path, raw):
         spec = validate_spec(raw)
     except UsageError:
         return
-    parse_config(as_trainer_config(spec, tmp_path))  # raises ConfigError on disagreement
+    parse_config(as_trainer_config(spec, tmp_path, "cluster" in raw))  # raises ConfigError on disagreement
 
 
 @pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
