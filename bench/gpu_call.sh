@@ -19,9 +19,11 @@ run() {  # run LIMIT_S NAME CMD...: time-boxed, output kept in $OUT/NAME.log
   log "$name"
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "rc=$?" >>"$OUT/$name.log"
-  grep -E '^\{"(run|ratio)"|rc=|Error|error' "$OUT/$name.log" | cut -c1-400 | tail -8
+  grep -E '^\{"(run|ratio|date)"|rc=|Error|error' "$OUT/$name.log" | cut -c1-600 | tail -8
 }
 B="python3 bench/train_throughput.py --out $OUT"
+C="python3 bench/consumer.py"
+CP="--out $OUT --data /tmp/chat.jsonl --warmup 2 --steps 5 --timeout 150"
 for phase in "$@"; do
   case $phase in
     env)
@@ -39,6 +41,17 @@ for phase in "$@"; do
     mem8b) run 240 mem8b $B --one ours --model 8b --memory-gib 24 --set max_seq_len=4096 ;;
     qlora24b) run 300 qlora24b $B --one ours --model 24b --qlora --memory-gib 24 --set max_seq_len=2048 ;;
     multigpu) run 400 multigpu python3 bench/multi_gpu.py --out $OUT --phases ddp,fsdp,auto --deadline 390 ;;  # 2+ GPUs
+    # Consumer cards through the real path (issue 13): folders on /tmp, one shape at a time (a 24B folder is 48 GB)
+    c-env) python3 bench/consumer.py env --out $OUT; df -h /tmp | tail -1 ;;
+    c-build8b) rm -rf /tmp/m24b; run 200 c-build8b $C build --shape 8b --dir /tmp/m8b
+      run 60 c-data8b $C data --model /tmp/m8b --out /tmp/chat.jsonl --count 1200 --max-len 2048; df -h /tmp | tail -1 ;;
+    c-build24b) rm -rf /tmp/m8b; run 260 c-build24b $C build --shape 24b --dir /tmp/m24b
+      run 60 c-data24b $C data --model /tmp/m24b --out /tmp/chat.jsonl --count 1200 --max-len 2048; df -h /tmp | tail -1 ;;
+    c-8b-qlora-24) run 240 c-8b-qlora-24 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-24 --hf-tokens 8192 ;;
+    c-8b-lora-24) run 240 c-8b-lora-24 $C pair $CP --model /tmp/m8b --method lora --memory-gib 24 --row 8b-lora-24 --hf-tokens 4096 ;;
+    c-8b-qlora-16) run 240 c-8b-qlora-16 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 16 --row 8b-qlora-16 --hf-tokens 4096 ;;
+    c-8b-long) run 200 c-8b-long $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 32768 --hf-lengths 4096,8192,12288,16384,24576,32768 ;;
+    c-24b-qlora-24) run 330 c-24b-qlora-24 $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 8192 --timeout 240 ;;
     *) echo "unknown phase $phase" ;;
   esac
 done

@@ -1,0 +1,590 @@
+"""Consumer cards through the real path: runner.train against HF Trainer + PEFT (+ bitsandbytes) + Liger.
+
+Everything a session does is done here: a model folder on disk (safetensors + tokenizer, random weights of the
+real shape), chat JSONL data, the trainer's own entry point in its own process (`python -m runner.train
+CONFIG.json`, as accelerate's single-process launcher starts it, with ACCELERATE_MIXED_PRECISION=bf16),
+`from_pretrained`, NF4 through `BitsAndBytesConfig` for QLoRA. A 24 GB (or 16 GB) card is stood in for by a
+per-process cap, set inside each trainer process by bench/capped/sitecustomize.py (on PYTHONPATH for those
+processes only), which also reports the process's peak memory at exit. The baseline runs in its own process
+under the same cap, on the same folder and data.
+
+Data: chat conversations of single-token words, lengths ~ lognormal(5.5, 0.8) tokens clipped to
+[16, max_seq_len] (mean about 340), the assistant's reply a random 20-80 % tail; the long-context rows use one
+conversation of the given length. tokens/s counts the tokens of the examples trained on over the timed steps
+(after warm-up steps); time to first step is from starting the process to the end of the first optimizer step.
+
+Run (GPU; bench/gpu_call.sh wraps it):
+  python bench/consumer.py build --shape 8b --dir /tmp/m8b
+  python bench/consumer.py data --model /tmp/m8b --out /tmp/chat.jsonl --count 1500 --max-len 2048
+  python bench/consumer.py pair --model /tmp/m8b --data /tmp/chat.jsonl --method qlora --memory-gib 24 \\
+      --row 8b-qlora-24 --out $OUT
+  python bench/consumer.py longest --model /tmp/m8b --method qlora --memory-gib 24 --lengths 32768 --out $OUT
+CPU dry run (tiny shapes, no cap):
+  python bench/consumer.py smoke --out /tmp/consumer
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CAPPED = REPO / "bench" / "capped"
+TOKENIZER = REPO / "examples" / "models" / "tiny-chat"  # its tokenizer and chat template go into every folder
+LORA = {"rank": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}  # the contract's defaults
+sys.path.insert(0, str(REPO / "bench"))
+from train_throughput import SHAPES  # noqa: E402 - the bench's shapes: tiny, Llama-3.1-8B, Mistral-Small-24B
+
+
+def log(*parts: object) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S}]", *parts, flush=True)
+
+
+# ---------------------------------------------------------------- model folder and data
+
+
+def build(shape: str, folder: Path) -> None:
+    """Random weights of the real shape, in bf16 (on the GPU when there is one), saved as a session reads them."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    spec = dict(SHAPES[shape])
+    config = AutoConfig.for_model(
+        spec.pop("model_type"),
+        **spec,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    start = time.time()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    size = sum(f.stat().st_size for f in folder.iterdir()) / 2**30
+    params = sum(p.numel() for p in model.parameters())
+    log(f"built {shape}: {params / 1e9:.2f}B params, {size:.1f} GiB at {folder} in {time.time() - start:.0f} s")
+
+
+def one_token_words(model: Path) -> list[str]:
+    """Words the tokenizer keeps as one token after a space, so a text of n words is about n tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    words = []
+    for token in tokenizer.get_vocab():
+        one = token.startswith("Ġ") and token[1:].isalpha() and len(token) > 2
+        if one and len(tokenizer(" " + token[1:], add_special_tokens=False).input_ids) == 1:
+            words.append(token[1:])
+    return sorted(words)
+
+
+def write_data(model: Path, out: Path, count: int, max_len: int, exact: int | None = None, seed: int = 0) -> None:
+    """Chat JSONL: lognormal lengths (or `exact` tokens each), the reply a random 20-80 % tail."""
+    import torch
+
+    words = one_token_words(model)
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if exact:
+        lengths = [exact] * count
+    else:
+        lengths = torch.empty(count).log_normal_(5.5, 0.8, generator=gen).round().clamp(16, max_len).long().tolist()
+    margin = 12  # the template's role and end tokens
+    with out.open("w") as f:
+        for n in lengths:
+            body = max(n - margin, 4)
+            prompt = max(1, int(body * rng.uniform(0.2, 0.8)))
+            user = " ".join(rng.choice(words) for _ in range(prompt))
+            reply = " ".join(rng.choice(words) for _ in range(body - prompt))
+            f.write(
+                json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]})
+            )
+            f.write("\n")
+    log(f"{count} conversations, {sum(lengths)} tokens at {out}")
+
+
+# ---------------------------------------------------------------- running a capped process
+
+
+def capped_env(memory_gib: float | None, peak_file: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CAPPED), str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["BENCH_PEAK_FILE"] = str(peak_file)
+    if memory_gib:
+        env["BENCH_MEMORY_GIB"] = str(memory_gib)
+    return env
+
+
+def run_capped(cmd: list[str], memory_gib: float | None, work: Path, timeout_s: float, extra_env: dict | None = None):
+    """Run cmd in its own process under the cap; (rc, output, peak report, start time)."""
+    peak_file = work / "peak.jsonl"
+    peak_file.unlink(missing_ok=True)
+    env = {**capped_env(memory_gib, peak_file), **(extra_env or {})}
+    start = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+        rc, output = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as err:
+        rc, output = 124, (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else str(err.stdout or "")
+    (work / "output.log").write_text(output)
+    peaks = [json.loads(line) for line in peak_file.read_text().splitlines()] if peak_file.exists() else []
+    return rc, output, (peaks[-1] if peaks else {}), start
+
+
+def error_line(output: str) -> str:
+    lines = [ln for ln in output.splitlines() if "Error" in ln or "error" in ln]
+    return (lines[-1] if lines else output.strip().splitlines()[-1] if output.strip() else "")[:300]
+
+
+def timed_rate(records: list[tuple[float, int]], warmup: int) -> float | None:
+    """tokens/s over the steps after `warmup`, from (end time, tokens) per step in order."""
+    if len(records) <= warmup + 1:
+        return None
+    timed = records[warmup:]
+    seconds = timed[-1][0] - timed[0][0]
+    tokens = sum(t for _, t in timed[1:])
+    return tokens / seconds if seconds > 0 else None
+
+
+# ---------------------------------------------------------------- ours: the trainer's own entry point
+
+
+def run_ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    config = {
+        "model": str(args.model),
+        "dataset": str(args.data),
+        "output_dir": str(work / "output"),
+        "metrics_path": str(work / "metrics.jsonl"),
+        "format": "chat",
+        "method": args.method,
+        "lora": LORA,
+        "train": {"max_steps": args.warmup + args.steps, "max_seq_len": args.max_seq_len, "save_steps": 10_000},
+        "resume": False,
+    }
+    config["train"].update(json.loads(args.ours_set or "{}"))
+    (work / "config.json").write_text(json.dumps(config))
+    cmd = [sys.executable, "-m", "runner.train", str(work / "config.json")]
+    env = {"ACCELERATE_MIXED_PRECISION": "bf16"} if not args.cpu else {}
+    rc, output, peak, start = run_capped(cmd, args.memory_gib, work, args.timeout, env)
+    path = work / "metrics.jsonl"
+    metrics = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    start_event = next((m for m in metrics if m.get("event") == "start"), {})
+    steps = [m for m in metrics if "step" in m and "event" not in m]
+    records, prev = [], None
+    for m in steps:  # a step's tokens: its rate times the time since the previous step's record
+        records.append((m["time"], m["tokens_per_s"] * (m["time"] - prev) if prev is not None else 0))
+        prev = m["time"]
+    keep = (
+        "rows_per_micro_batch",
+        "gradient_checkpointing",
+        "checkpointed_layers",
+        "offload_checkpoints",
+        "attention",
+        "liger",
+        "compile",
+        "memory_budget_gib",
+        "predicted_peak_gib",
+        "predicted_tokens_per_s",
+        "probe_steps",
+    )
+    return {
+        "recipe": "ours",
+        "ok": rc == 0 and bool(steps),
+        "rc": rc,
+        "tokens_per_s": timed_rate(records, args.warmup),
+        "first_step_s": round(steps[0]["time"] - start, 1) if steps else None,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "steps": len(steps),
+        "oom_events": [m for m in metrics if m.get("event") == "out_of_memory"],
+        **{k: start_event.get(k) for k in keep if k in start_event},
+        **peak,
+        "error": None if rc == 0 else error_line(output),
+    }
+
+
+# ---------------------------------------------------------------- the baseline: HF Trainer + PEFT + Liger
+
+
+def run_baseline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "hf-worker", "--result", str(work / "hf.json")]
+    cmd += ["--model", str(args.model), "--data", str(args.data), "--method", args.method]
+    cmd += ["--max-seq-len", str(args.max_seq_len), "--hf-tokens", str(args.hf_tokens)]
+    cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--cpu"] if args.cpu else [])
+    cmd += ["--hf-checkpointing", args.hf_checkpointing]
+    rc, output, peak, start = run_capped(cmd, args.memory_gib, work, args.timeout)
+    result = json.loads((work / "hf.json").read_text()) if (work / "hf.json").exists() else {}
+    ends = result.pop("step_ends", [])
+    return {
+        "recipe": "hf",
+        "ok": rc == 0 and bool(ends),
+        "rc": rc,
+        "tokens_per_s": timed_rate([(e, t) for e, t in ends], args.warmup),
+        "first_step_s": round(ends[0][0] - start, 1) if ends else None,
+        "steps": len(ends),
+        **result,
+        **peak,
+        "error": None if rc == 0 else error_line(output),
+    }
+
+
+def load_hf_model(model_dir: str, method: str, cpu: bool, checkpointing: bool) -> tuple[Any, dict]:
+    """The baseline's model: from_pretrained (NF4 for QLoRA), Liger's kernels, checkpointing, PEFT LoRA."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if not cpu else torch.float32, "attn_implementation": "sdpa"}
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if not cpu:
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    notes = {"attention": "sdpa"}
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        if not cpu:
+            _apply_liger_kernel_to_instance(model=model)  # RMSNorm, SwiGLU, RoPE, fused linear cross-entropy
+            notes["liger"] = "all (incl. fused linear cross-entropy)"
+            try:  # Liger's patched forward against this transformers version, before the Trainer relies on it
+                with torch.no_grad():
+                    ids = torch.ones((1, 16), dtype=torch.long, device=model.device)
+                    model(input_ids=ids, labels=ids)
+            except Exception as err:
+                model.forward = type(model).forward.__get__(model)
+                notes["liger"] = f"kernels only; fused cross-entropy failed: {type(err).__name__}: {err}"[:200]
+    except ImportError:
+        notes["liger"] = "not installed"
+    model.config.use_cache = False
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=LORA["rank"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=LORA["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), notes
+
+
+def hf_examples(model_dir: str, data: str, max_len: int) -> list[dict[str, list[int]]]:
+    """Chat template, prompt masked with -100, truncated to max_len (the usual SFT preprocessing)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    out = []
+    for line in Path(data).read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        ids = tokenizer(full, add_special_tokens=False).input_ids[:max_len]
+        labels = [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]
+        if any(t != -100 for t in labels):
+            out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def hf_worker(args: argparse.Namespace) -> int:
+    """HF Trainer, padding-free packing (DataCollatorWithFlattening) of about --hf-tokens tokens per batch."""
+    import torch
+    from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
+
+    examples = hf_examples(args.model, args.data, args.max_seq_len)
+    checkpointing = args.hf_checkpointing == "true"
+    model, notes = load_hf_model(args.model, args.method, args.cpu, checkpointing)
+    rng = random.Random(0)
+    rng.shuffle(examples)
+    batches, current, size = [], [], 0
+    for e in examples:  # greedy: consecutive examples up to the token budget
+        if current and size + len(e["input_ids"]) > args.hf_tokens:
+            batches.append(current)
+            current, size = [], 0
+        current.append(e)
+        size += len(e["input_ids"])
+    batches.append(current)
+    flatten = DataCollatorWithFlattening(return_position_ids=True)
+    ends: list[tuple[float, int]] = []
+    seen: list[int] = []
+
+    def collate(items: list) -> dict:
+        seen.append(sum(len(e["input_ids"]) for e in items[0]))
+        return flatten(items[0])
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args_, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            ends.append((time.time(), seen[len(ends)] if len(ends) < len(seen) else 0))
+
+    training = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=args.warmup + args.steps,
+        per_device_train_batch_size=1,
+        learning_rate=2e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=1,
+        bf16=not args.cpu,
+        optim="adamw_torch_fused" if not args.cpu else "adamw_torch",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=args.cpu,
+    )
+    trainer = Trainer(model=model, args=training, train_dataset=batches, data_collator=collate, callbacks=[Timer()])
+    result: dict[str, Any] = {"hf_tokens_per_batch": args.hf_tokens, "checkpointing": checkpointing, **notes}
+    try:
+        trainer.train()
+    finally:
+        result["step_ends"] = ends
+        Path(args.result).write_text(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------- longest single example
+
+
+def hf_longest(args: argparse.Namespace) -> int:
+    """The baseline's longest single example: one forward+backward per length, ascending, until out of memory."""
+    import torch
+
+    model, notes = load_hf_model(args.model, args.method, args.cpu, checkpointing=True)
+    model.train()
+    device = "cpu" if args.cpu else "cuda"
+    vocab = model.get_input_embeddings().num_embeddings
+    best, tried = 0, []
+    for length in [int(n) for n in args.lengths.split(",")]:
+        ids = torch.randint(0, vocab, (1, length), device=device)
+        ok = True
+        try:
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=not args.cpu):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+        except torch.OutOfMemoryError:
+            ok = False
+        loss = None
+        model.zero_grad(set_to_none=True)
+        if not args.cpu:
+            torch.cuda.empty_cache()
+        tried.append([length, ok])
+        if not ok:
+            break
+        best = length
+    Path(args.result).write_text(json.dumps({"longest": best, "tried": tried, **notes}))
+    return 0
+
+
+def longest(args: argparse.Namespace) -> None:
+    """Ours: each length is one conversation of that many tokens, trained through the entry point (2 steps);
+    the baseline: one process, ascending lengths (hf_longest)."""
+    out = Path(args.out)
+    rows = []
+    if "ours" in args.recipes:
+        for length in [int(n) for n in args.lengths.split(",")]:
+            work = Path(tempfile.mkdtemp(prefix=f"ours-{length}-", dir=args.work))
+            data = work / "long.jsonl"
+            write_data(Path(args.model), data, 3, length, exact=length - 64)
+            ns = argparse.Namespace(**{**vars(args), "data": data, "max_seq_len": length, "warmup": 0, "steps": 2})
+            result = run_ours(ns, work)
+            result.update(row=args.row, length=length, memory_gib=args.memory_gib)
+            emit(result, out)
+            rows.append(result)
+            if not result["ok"]:
+                break
+    if "hf" in args.recipes:
+        work = Path(tempfile.mkdtemp(prefix="hf-longest-", dir=args.work))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "hf-longest-worker", "--result", str(work / "r.json")]
+        cmd += ["--model", str(args.model), "--method", args.method, "--lengths", args.hf_lengths]
+        cmd += ["--cpu"] if args.cpu else []
+        rc, output, peak, _ = run_capped(cmd, args.memory_gib, work, args.timeout)
+        result = json.loads((work / "r.json").read_text()) if (work / "r.json").exists() else {}
+        emit(
+            {
+                "row": args.row,
+                "recipe": "hf",
+                "rc": rc,
+                **result,
+                **peak,
+                "memory_gib": args.memory_gib,
+                "error": None if rc == 0 else error_line(output),
+            },
+            out,
+        )
+
+
+# ---------------------------------------------------------------- rows and results
+
+
+def emit(record: dict[str, Any], out: Path) -> None:
+    record = {"date": datetime.date.today().isoformat(), **record}
+    line = json.dumps(record, default=str)
+    print(line, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "consumer.jsonl").open("a") as f:
+        f.write(line + "\n")
+
+
+def pair(args: argparse.Namespace) -> None:
+    """One row: ours, then the baseline, each in its own capped process; then the ratio."""
+    out = Path(args.out)
+    results = {}
+    for recipe in args.recipes.split(","):
+        work = Path(tempfile.mkdtemp(prefix=f"{args.row}-{recipe}-", dir=args.work))
+        log(f"{args.row}: {recipe}")
+        result = run_ours(args, work) if recipe == "ours" else run_baseline(args, work)
+        result.update(row=args.row, method=args.method, memory_gib=args.memory_gib, max_seq_len=args.max_seq_len)
+        emit(result, out)
+        results[recipe] = result
+    ours, hf = results.get("ours", {}), results.get("hf", {})
+    if ours.get("tokens_per_s") and hf.get("tokens_per_s"):
+        ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
+        emit(
+            {
+                "row": args.row,
+                "ratio": round(ratio, 3),
+                "ours": round(ours["tokens_per_s"]),
+                "hf": round(hf["tokens_per_s"]),
+            },
+            out,
+        )
+
+
+def environment(out: Path) -> None:
+    import torch
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    for name in ("peft", "accelerate", "bitsandbytes", "liger_kernel", "triton"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception as err:
+            versions[name] = f"missing: {type(err).__name__}"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    capability = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+    emit({"env": versions, "device": device, "capability": capability}, out)
+
+
+def smoke(args: argparse.Namespace) -> None:
+    """CPU dry run of every step on the tiny shape: build, data, a pair, the longest-example search."""
+    work = Path(args.out) / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    folder = work / "tiny"
+    if not folder.exists():
+        build("tiny", folder)
+    data = work / "chat.jsonl"
+    write_data(folder, data, 60, 256)
+    common = {
+        "model": folder,
+        "data": data,
+        "out": args.out,
+        "work": str(work),
+        "memory_gib": None,
+        "cpu": True,
+        "timeout": 600,
+        "ours_set": None,
+        "hf_checkpointing": "true",
+    }
+    pair(
+        argparse.Namespace(
+            **common,
+            row="tiny-lora",
+            method="lora",
+            max_seq_len=256,
+            hf_tokens=512,
+            warmup=1,
+            steps=2,
+            recipes="ours,hf",
+        )
+    )
+    longest(
+        argparse.Namespace(
+            **common, row="tiny-long", method="lora", lengths="512", hf_lengths="256,512", recipes="ours,hf"
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build")
+    p.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    p.add_argument("--dir", type=Path, required=True)
+    p = sub.add_parser("data")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=1500)
+    p.add_argument("--max-len", type=int, default=2048)
+    sub.add_parser("env").add_argument("--out", required=True)
+    sub.add_parser("smoke").add_argument("--out", required=True)
+    for name in ("pair", "hf-worker", "longest", "hf-longest-worker"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", required=True)
+        p.add_argument("--method", choices=("lora", "qlora"), default="qlora")
+        p.add_argument("--memory-gib", type=float)
+        p.add_argument("--cpu", action="store_true")
+        p.add_argument("--timeout", type=float, default=300)
+        p.add_argument("--out", default="/tmp/consumer")
+        p.add_argument("--work", default=None)
+        p.add_argument("--row", default="row")
+        p.add_argument("--result")
+        p.add_argument("--data")
+        p.add_argument("--max-seq-len", type=int, default=2048)
+        p.add_argument("--warmup", type=int, default=2)
+        p.add_argument("--steps", type=int, default=6)
+        p.add_argument("--hf-tokens", type=int, default=4096, help="baseline: tokens per packed batch")
+        p.add_argument("--hf-checkpointing", choices=("true", "false"), default="true")
+        p.add_argument("--ours-set", help='JSON of extra train settings for ours, e.g. {"batch_size": 4}')
+        p.add_argument("--recipes", default="ours,hf")
+        p.add_argument("--lengths", default="32768", help="longest: lengths ours trains, one run each")
+        p.add_argument("--hf-lengths", default="4096,8192,12288,16384,24576,32768,49152,65536")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        build(args.shape, args.dir)
+    elif args.command == "data":
+        write_data(args.model, args.out, args.count, args.max_len)
+    elif args.command == "env":
+        environment(Path(args.out))
+    elif args.command == "smoke":
+        smoke(args)
+    elif args.command == "pair":
+        pair(args)
+    elif args.command == "hf-worker":
+        return hf_worker(args)
+    elif args.command == "longest":
+        longest(args)
+    elif args.command == "hf-longest-worker":
+        return hf_longest(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
