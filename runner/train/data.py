@@ -76,12 +76,11 @@ def read_records(source: str) -> list[Record]:
 
 
 def _read_file(path: Path, limit: int | None = None) -> Iterator[Record]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        line = err.object[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text; save the dataset as UTF-8") from None
-    if path.suffix == ".json" and text.lstrip().startswith("["):
+    """Records of one file; JSON Lines are streamed, so a sample reads only its first `limit` records."""
+    with path.open("rb") as f:
+        is_array = path.suffix == ".json" and f.read(4096).lstrip().startswith(b"[")
+    if is_array:
+        text = _decode(path.read_bytes(), path)
         try:
             items = json.loads(text)
         except json.JSONDecodeError as err:
@@ -89,15 +88,28 @@ def _read_file(path: Path, limit: int | None = None) -> Iterator[Record]:
         for index, item in enumerate(items[:limit]):
             yield _record(item, f"{path} record {index}")
         return
-    lines = (line for line in enumerate(text.splitlines(), 1) if line[1].strip())
-    for count, (number, line) in enumerate(lines):
-        if limit is not None and count >= limit:
-            return
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number}: not JSON: {err.msg}") from None
-        yield _record(item, f"{path}:{number}")
+    count = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            line = _decode(raw, path, number)
+            if not line.strip():
+                continue
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{number}: not JSON: {err.msg}") from None
+            yield _record(item, f"{path}:{number}")
+
+
+def _decode(data: bytes, path: Path, first_line: int = 1) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data[: err.start].count(b"\n")
+        raise ConfigError(f"{path}:{line}: not UTF-8 text; save the dataset as UTF-8") from None
 
 
 def _record(item: Any, where: str) -> Record:

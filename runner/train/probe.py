@@ -18,7 +18,7 @@ from typing import Any
 from .config import ConfigError, TrainConfig, parse_config
 from .data import DATA_SUFFIXES, has_response, record_format, sample_records, tokenize_records
 
-FULL_CHECK_BYTES = 256 * 2**20  # datasets up to this size have every record checked; larger ones a sample
+FULL_CHECK_BYTES = 64 * 2**20  # datasets up to this size have every record checked; larger ones a sample
 SAMPLE_RECORDS = 2000  # per file, for larger datasets
 TOKENIZED_RECORDS = 200  # tokenized to find trained tokens within max_seq_len
 EXIT_REFUSED = 3

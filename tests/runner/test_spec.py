@@ -156,5 +156,6 @@ def test_every_value_the_trainer_knows_the_spec_accepts(key, values):
 
 
 def test_spec_loads_without_torch():
-    code = "import sys, runner.spec; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = ("import sys, runner.spec, runner.dataset; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

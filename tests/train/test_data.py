@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from runner.train.config import ConfigError
-from runner.train.data import IGNORE, detect_format, read_records, tokenize_record, tokenize_records
+from runner.train.data import IGNORE, detect_format, read_records, sample_records, tokenize_record, tokenize_records
 
 BAD_DATA = Path(__file__).parent / "bad_data"
 BAD_EXPECT = json.loads((BAD_DATA / "expect.json").read_text())
@@ -154,3 +154,18 @@ def test_folder_of_jsonl_files(tmp_path):
     for name in ("a.jsonl", "b.jsonl"):
         (tmp_path / name).write_text(json.dumps({"text": name}) + "\n")
     assert [r["text"] for r in read_records(str(tmp_path))] == ["a.jsonl", "b.jsonl"]
+
+
+def test_a_sample_reads_only_the_first_records(tmp_path):
+    """The host preflight's sample of a large dataset streams the file: a bad line past the sample is not read."""
+    data = tmp_path / "big.jsonl"
+    data.write_text('{"text": "a"}\n\n{"text": "b"}\n{not json\n')
+    assert [r["text"] for r in sample_records(str(data), 2)] == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"big\.jsonl:4: not JSON"):
+        sample_records(str(data), None)
+
+
+def test_a_json_line_may_hold_unicode_line_separators(tmp_path):
+    data = tmp_path / "u.jsonl"
+    data.write_text(json.dumps({"text": "one\u2028two"}, ensure_ascii=False) + "\r\n")
+    assert read_records(str(data))[0]["text"] == "one\u2028two"
