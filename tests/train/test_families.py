@@ -303,11 +303,15 @@ def test_progress_warns_about_an_unverified_family(family_folder):
 
 # --- CUDA: the fast path in bf16 -------------------------------------------------------------------------
 
-# The trainer's bf16 error against the fp32 reference may be at most GPU_NOISE_FACTOR times the error of the
-# model's own eager forward run in bf16 (same weights, per example), plus GPU_FLOOR: the bf16 noise floor of
-# each family, measured in the same run. A path that drops a window or a cap lands at ~10x the noise.
+# The trainer's bf16 error against the fp32 reference may be at most GPU_NOISE_FACTOR times the bf16 noise
+# floor, measured in the same run for each family: the error of the model's own eager forward with bf16
+# weights under autocast, per example, against the same reference. Plus GPU_FLOOR, for a loss whose noise
+# happens to be tiny. Measured on an H200 (torch 2.11, transformers 5.17): llama noise 6.7e-5 (loss) and
+# 4.3e-2 (largest per-parameter gradient error), the fast path 1.5e-5 and 3.9e-2; over all families the
+# fast path reached 2.7e-4 (loss) and 1.26x its family's noise (gradients, granite 8.6e-2 vs 6.8e-2). A path
+# that drops Gemma 2's attention cap lands at 4.6e-3 and 1.08 (33x the noise).
 GPU_NOISE_FACTOR = 3.0
-GPU_FLOOR = 2e-3
+GPU_FLOOR = 1e-3
 
 
 @pytest.mark.gpu
