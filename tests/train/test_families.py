@@ -243,6 +243,17 @@ def test_a_fast_path_never_skips_a_window_or_a_cap_silently(family_folder):
     assert dropout.implementation is None and "attention_dropout is 0.1" in dropout.reason
 
 
+@pytest.mark.parametrize("extra", [{"softcap": 2.0}, {"dropout": 0.1}])
+def test_varlen_refuses_math_it_cannot_do_rather_than_skip_it(extra):
+    """Should a model reach varlen anyway, a cap or dropout is an error, never silently left out."""
+    from runner.train.attention import varlen_attention_forward
+
+    q = k = v = torch.randn(1, 2, 6, 8)
+    cu = torch.tensor([0, 6], dtype=torch.int32)
+    with pytest.raises(ValueError, match="varlen attention"):
+        varlen_attention_forward(None, q, k, v, None, scaling=0.35, cu_seq_lens_q=cu, **extra)
+
+
 def replace_config(config, **changes):
     data = {**config.to_dict(), **changes}
     return type(config).from_dict(data)
