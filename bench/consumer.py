@@ -187,6 +187,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     path = work / "metrics.jsonl"
     metrics = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     start_event = next((m for m in metrics if m.get("event") == "start"), {})
+    done = next((m for m in metrics if m.get("event") == "done"), {})
     steps = [m for m in metrics if "step" in m and "event" not in m]
     records, prev = [], None
     for m in steps:  # a step's tokens: its rate times the time since the previous step's record
@@ -215,6 +216,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "steps": len(steps),
         "oom_events": [m for m in metrics if m.get("event") == "out_of_memory"],
         **{k: start_event.get(k) for k in keep if k in start_event},
+        **{f"train_{k}": done[k] for k in ("gpu_peak_gib", "gpu_peak_reserved_gib") if k in done},
         **peak,
         "error": None if rc == 0 else error_line(output),
     }

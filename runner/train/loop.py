@@ -133,6 +133,8 @@ class Trainer:
 
     def run(self) -> Outcome:
         self.metrics.event("start", total_steps=self.steps, start_step=self.step, **self.run_info)
+        if self.accelerator.device.type == "cuda":  # the training peak, without the sizing probe's steps
+            torch.cuda.reset_peak_memory_stats(self.accelerator.device)
         if self._agreed_stop(torch.zeros((), device=self.accelerator.device))[1]:
             return self._stopped(checkpoint=None)
         last_time, tokens = time.perf_counter(), 0
@@ -158,8 +160,18 @@ class Trainer:
                 self._checkpoint()
         adapter = save_adapter(self.accelerator, self.wrapped, self.peft_model, self.tokenizer, self.output_dir)
         written = str(adapter) if self.accelerator.is_main_process else None  # multi-node: on rank 0's host
-        self.metrics.event("done", adapter=written, final_loss=self.last_loss, steps=self.step)
+        self.metrics.event("done", adapter=written, final_loss=self.last_loss, steps=self.step, **self._peaks())
         return Outcome("done", self.step, str(adapter))
+
+    def _peaks(self) -> dict[str, float]:
+        """This process's GPU memory peaks since training started (allocated, and held by the allocator)."""
+        device = self.accelerator.device
+        if device.type != "cuda":
+            return {}
+        return {
+            "gpu_peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+            "gpu_peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 2),
+        }
 
     def _train_step(self) -> torch.Tensor:
         acc = self.accelerator

@@ -171,14 +171,14 @@ def choose_sizing(
         checkpointed.append(probe.run(2, length))
     plain: list[Measure] = []
     if kept_choices != [0]:
-        plain = _plain_measures(loss_model.model, probe, len(checkpointed) > 1, length, rows_choices[0], budget)
-        if not any(_fits(m, budget) for m in plain) and kept_choices == [layers]:
+        plain, twin = _plain_measures(loss_model.model, probe, checkpointed, length, budget)
+        if not any(_fits(m, budget) and m.tokens >= length for m in plain) and kept_choices == [layers]:
             raise ConfigError(
                 f"one micro-batch of {rows_choices[0]} x {length} tokens does not fit in GPU memory without "
                 "checkpointing; set train.gradient_checkpointing to auto or true, or lower train.max_seq_len"
             )
-        if plain[-1].tokens < length and plain[-1].peak is not None:  # a quarter row: its checkpointed twin
-            checkpointed.insert(0, probe.run(1, plain[-1].tokens))
+        if twin is not None:
+            checkpointed.insert(0, twin)
     offload = False
     full = next(m for m in checkpointed if m.tokens == rows_choices[0] * length)
     if not _fits(full, budget) and kept_choices != [layers]:
@@ -232,18 +232,34 @@ def _fits(measure: Measure, budget: float) -> bool:
 
 
 def _plain_measures(
-    model: nn.Module, probe: _Probe, two_sizes: bool, length: int, rows: int, budget: float
-) -> list[Measure]:
-    """Steps without checkpointing at the checkpointed sizes; where a row does not fit, one at a quarter row
-    (the caller measures it checkpointed too), enough for the per-token figures. Leaves every layer checkpointed."""
+    model: nn.Module, probe: _Probe, checkpointed: list[Measure], length: int, budget: float
+) -> tuple[list[Measure], Measure | None]:
+    """Steps without checkpointing: first a quarter row (and the same checkpointed, returned as the twin), which
+    gives what keeping activations costs a token; then the checkpointed sizes, each only where its predicted peak
+    is in budget, so the probe itself keeps to the budget. Leaves every layer checkpointed."""
+    measures: list[Measure] = []
+    twin = None
+    extra = None  # bytes a token that keeping every layer's activations adds
+    if length >= 1024:
+        apply_checkpointing(model, 0, offload=False)
+        quarter = probe.run(1, length // 4)
+        measures.append(quarter)
+        apply_checkpointing(model, None, offload=False)
+        if quarter.peak is None:
+            return measures, None
+        twin = probe.run(1, length // 4)
+        extra = max(quarter.peak - (twin.peak or quarter.peak), 0) / quarter.tokens
     apply_checkpointing(model, 0, offload=False)
-    measures = [probe.run(rows, length)]
-    if _fits(measures[0], budget) and two_sizes:
-        measures.append(probe.run(2, length))
-    if measures[0].peak is None and length >= 1024:
-        measures.append(probe.run(1, length // 4))
+    for size in checkpointed:
+        if size.peak is None or (extra is not None and size.peak + extra * size.tokens > budget):
+            break
+        measure = probe.run(size.tokens // length, length)
+        measures.append(measure)
+        if measure.peak is None:
+            break
+        extra = max(measure.peak - size.peak, 0) / measure.tokens
     apply_checkpointing(model, None, offload=False)
-    return measures
+    return measures, twin
 
 
 def apply_checkpointing(model: nn.Module, checkpointed_layers: int | None, offload: bool) -> None:

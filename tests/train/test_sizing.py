@@ -83,7 +83,7 @@ def test_a_shape_over_budget_is_never_chosen():
 class FakeProbe:
     """Probe steps with the figures of qlora_8b under a cap, for choose_sizing on a CPU: what a GPU would measure."""
 
-    runs: ClassVar[list[tuple[int, int, bool]]] = []
+    runs: ClassVar[list[tuple[int, int, bool, float]]] = []
 
     def __init__(self, loss_model, max_seq_len, packing, device, autocast):
         self.model = loss_model
@@ -92,10 +92,10 @@ class FakeProbe:
         layers = decoder_layers(self.model.model)
         checkpointed = any(layer.gradient_checkpointing for layer in layers)
         offloaded = any(hasattr(layer._gradient_checkpointing_func, "plain") for layer in layers)
-        FakeProbe.runs.append((rows, length, checkpointed))
         peak, seconds = qlora_8b(rows * length, checkpointed)
         if offloaded:
             peak -= 0.5 * 2**20 * rows * length
+        FakeProbe.runs.append((rows, length, checkpointed, peak))
         return Measure(rows * length, int(peak) if peak <= self.available() else None, seconds)
 
     def available(self) -> float:
@@ -130,7 +130,9 @@ def test_choose_sizing_picks_by_throughput_and_sets_the_layers(monkeypatch, tiny
         chosen.checkpointed_layers
     )
     assert sum(layer.gradient_checkpointing for layer in layers) == chosen.checkpointed_layers
-    assert any(not c for _, _, c in FakeProbe.runs) and any(c for _, _, c in FakeProbe.runs)
+    assert any(not c for _, _, c, _ in FakeProbe.runs) and any(c for _, _, c, _ in FakeProbe.runs)
+    # the probe keeps to the budget too: no step was tried whose peak was predicted over it
+    assert max(peak for *_, peak in FakeProbe.runs) <= chosen.probe["memory_budget_gib"] * GIB
 
 
 def test_long_context_offloads_the_checkpointed_inputs(monkeypatch, tiny_loss_model):
