@@ -51,7 +51,7 @@ for phase in "$@"; do
     c-8b-lora-24) run 240 c-8b-lora-24 $C pair $CP --model /tmp/m8b --method lora --memory-gib 24 --row 8b-lora-24 --hf-tokens 4096 ;;
     c-8b-qlora-16) run 240 c-8b-qlora-16 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 16 --row 8b-qlora-16 --hf-tokens 4096 ;;
     c-8b-long) run 200 c-8b-long $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 32768 --hf-lengths 4096,8192,12288,16384,24576,32768 ;;
-    c-24b-qlora-24) run 330 c-24b-qlora-24 $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 8192 --timeout 240 ;;
+    c-24b-qlora-24) run 330 c-24b-qlora-24 $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 8192 --timeout 240 --warmup 1 --steps 4 ;;
     *) echo "unknown phase $phase" ;;
   esac
 done
