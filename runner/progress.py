@@ -87,6 +87,12 @@ def path_lines(host: str, status: dict) -> list[str]:
     return lines
 
 
+def out_of_memory_lines(host: str, status: dict, shown: int) -> list[str]:
+    """The trainer's out-of-memory recoveries after the first `shown`: what it lowered, and that it went on."""
+    events = status.get("trainer_out_of_memory") or []
+    return [f"{host}  warning: {e.get('message', 'out of GPU memory; continuing with less')}" for e in events[shown:]]
+
+
 class Progress:
     """Keeps and draws the latest status of each host (from host_status of the playbook's events)."""
 
@@ -119,6 +125,10 @@ class Progress:
             self.shown_phases.add((host, "paths"))
             for line in path_lines(host, status):
                 self.console.print(line, markup=False, highlight=False)
+        shown = sum(1 for key in self.shown_phases if key[:2] == (host, "oom"))
+        for index, line in enumerate(out_of_memory_lines(host, status, shown)):
+            self.shown_phases.add((host, "oom", shown + index))
+            self.console.print(line, markup=False, highlight=False)
         if self.live:
             self.live.update(self._render())
             return

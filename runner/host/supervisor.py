@@ -282,6 +282,8 @@ class Session:
             self.status.update(total_steps=record.get("total_steps"), trainer=record)
         elif event in ("done", "stopped", "checkpoint"):
             self.status.update(**{f"trainer_{event}": record})
+        elif event == "out_of_memory":  # the trainer lowered its rows and went on; the CLI says so
+            self.status.append("trainer_out_of_memory", record)
 
     def _train_outcome(self, rc: int) -> int:
         done = self.status.data.get("trainer_done")
