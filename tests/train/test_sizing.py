@@ -208,3 +208,35 @@ def test_out_of_memory_mid_run_lowers_the_rows_and_trains_the_same_steps(write_c
     assert losses == pytest.approx(whole, rel=1e-5)
     state = (tmp_path / "output" / "checkpoint-2" / "trainer_state.json").read_text()
     assert '"forward_rows": 1' in state  # a resumed run keeps the lower rows
+
+
+def test_out_of_memory_in_the_optimizer_step_continues_from_the_last_checkpoint(
+    write_config, metrics, tmp_path, monkeypatch
+):
+    """An out-of-memory error inside the optimizer step (parameters may be half updated): the run goes back to
+    its last checkpoint with fewer rows per pass and trains the remaining steps as the uninterrupted run did."""
+    from runner.train.config import load_config
+    from runner.train.session import run_session
+
+    train = {"max_steps": 4, "batch_size": 2, "grad_accum": 1, "max_seq_len": 128, "save_steps": 2}
+    run_session(load_config(write_config(train, output_dir=str(tmp_path / "whole"))))
+    whole = {r["step"]: r["loss"] for r in metrics() if "loss" in r and "event" not in r}
+    (tmp_path / "metrics.jsonl").unlink()
+
+    original, calls = torch.optim.AdamW.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the third step, after checkpoint-2
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    outcome = run_session(load_config(write_config(train)))
+    records = metrics()
+    events = [r for r in records if r.get("event") == "out_of_memory"]
+    assert outcome.status == "done" and outcome.step == 4
+    assert len(events) == 1 and events[0]["resumed_from"].endswith("checkpoint-2")
+    assert events[0]["after"]["forward_rows"] == 1
+    losses = {r["step"]: r["loss"] for r in records if "loss" in r and "event" not in r}
+    assert losses == pytest.approx(whole, rel=1e-5)
