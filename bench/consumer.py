@@ -485,9 +485,11 @@ def environment(out: Path) -> None:
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-    for name in ("peft", "accelerate", "bitsandbytes", "liger_kernel", "triton"):
+    from importlib.metadata import version
+
+    for name in ("peft", "accelerate", "bitsandbytes", "liger-kernel", "triton"):
         try:
-            versions[name] = __import__(name).__version__
+            versions[name] = version(name)
         except Exception as err:
             versions[name] = f"missing: {type(err).__name__}"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
