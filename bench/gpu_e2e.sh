@@ -194,7 +194,7 @@ tar -czf "$OUT/e2e-files.tar.gz" -C "$WORK" --exclude='adapter' setup.log lora.o
   logs.txt status-running.txt inventory runs 2>/dev/null
 "$RUNNER" train --resume "$LORA" >"$WORK/resume.out" 2>"$WORK/resume.err"
 rc=$?
-tail -6 "$WORK/resume.out" "$WORK/resume.err"
+tail -n 6 "$WORK/resume.out" "$WORK/resume.err"
 check "resumed session succeeds (exit 0)" test $rc -eq 0
 end=$(date +%s.%N)
 echo "LoRA stop+resume sessions: $("$PY" -c "print(round($end - $start))") s"
@@ -206,7 +206,7 @@ if [ "$QLORA" = 1 ]; then
   job qlora qlora 40
   "$RUNNER" train "$WORK/qlora.yaml" -i "$INV" >"$WORK/qlora.out" 2>"$WORK/qlora.err"
   rc=$?
-  tail -6 "$WORK/qlora.out" "$WORK/qlora.err"
+  tail -n 6 "$WORK/qlora.out" "$WORK/qlora.err"
   QLORA_ID=$(session_id "$WORK/qlora.err")
   check "QLoRA session succeeds (exit 0)" test $rc -eq 0
   "$PY" bench/gpu_e2e_check.py --runs "$WORK/runs" --qlora "$QLORA_ID" --steps 40 --start 0 --out "$OUT" \
