@@ -1,5 +1,6 @@
 """Start the trainer as a user would (`python -m runner.train`, `accelerate launch`) and steer it."""
 
+import os
 import subprocess
 import sys
 import time
@@ -32,7 +33,10 @@ def launch(config: Path, processes: int = 1, accelerate_args: tuple[str, ...] = 
             "runner.train",
             str(config),
         ]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A private HF_HOME: accelerate launch reads the machine's default_config.yaml (a localhost session renders
+    # one, e.g. gpu_ids '0'), which must not change what a test launches
+    env = {**os.environ, "HF_HOME": str(config.parent / "hf_home")}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen) -> str:

@@ -2,6 +2,7 @@
 `accelerate launch` with num_machines 2, a machine rank each, static rendezvous on one address (gloo)."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -33,7 +34,8 @@ def launch_nodes(configs: list[Path]) -> list[subprocess.Popen]:
          "--dynamo_backend", "no", "--num_processes", "2", "--num_machines", "2", "--machine_rank", str(rank),
          "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--rdzv_backend", "static",
          "-m", "runner.train", str(config)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank, config in enumerate(configs)]
+        cwd=REPO, env={**os.environ, "HF_HOME": str(config.parent / "hf_home")},  # not the machine's accelerate config
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank, config in enumerate(configs)]
 
 
 def finish_all(procs: list[subprocess.Popen]) -> None:
