@@ -91,7 +91,10 @@ def test_controller_killed_host_finishes_and_restores(provisioned, inventory, ho
     session = controller.session
     wait_for_step(th2, session, 2)
     controller.kill()
-    subprocess.run(["pkill", "-KILL", "-f", f"ansible-playbook.*{home}"], check=False)
+    deadline = time.time() + 120  # ansible-playbook and its workers end with the controller (runner.guard)
+    while subprocess.run(["pgrep", "-f", f"ansible-playbook.*{home}"], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "ansible-playbook outlived the killed controller"
+        time.sleep(1)
     deadline = time.time() + 300
     while host_status(th2, session)["outcome"] == "running" and time.time() < deadline:
         time.sleep(2)
