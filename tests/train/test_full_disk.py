@@ -6,7 +6,6 @@ tiny model; the model, data and metrics stay on the normal disk.
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 from launching import launch
