@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,8 +76,11 @@ RESULT_FILES = ("status.json", "metrics.jsonl", "telemetry.jsonl", "train.log", 
 
 
 def pack(session_dir: Path, what: str) -> Path:
-    path = session_dir / "results.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
+    """A tarball of its own for each caller: a stopping `runner stop` and the still-attached `runner train` may
+    fetch at the same moment, and one shared name had the second pack rewrite the file the first was fetching."""
+    fd, name = tempfile.mkstemp(prefix="results-", suffix=".tar.gz", dir=session_dir)
+    path = Path(name)
+    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         for name in RESULT_FILES:
             if (session_dir / name).exists():
                 tar.add(session_dir / name, arcname=name)
