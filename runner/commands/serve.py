@@ -35,6 +35,8 @@ def report_failures(run: Run, answers: dict[str, dict]) -> int:
 
 
 def describe(answer: dict) -> str:
+    if answer.get("mode") == "none":
+        return f"no inference server to list ({answer.get('problem')})"
     names = ", ".join(answer.get("names", []))
     adapters = ", ".join(f"{a['name']} ({a.get('path')})" for a in answer.get("adapters", []))
     health = {True: "healthy", False: f"NOT healthy: {answer.get('problem')}", None: "health not checked"}

@@ -550,8 +550,12 @@ def serving_now(unit: Unit) -> list[str]:
 
 
 def list_served(check: bool = True) -> dict:
-    """`runner serve --list`: what the unit serves now (from its drop-in), our record, and one health probe."""
-    unit = read_unit()
+    """`runner serve --list`: what the unit serves now (from its drop-in), our record, and one health probe.
+    A host without an inference server answers so (mode none): a listing is not refused."""
+    try:
+        unit = read_unit()
+    except ServeRefused as why:
+        return {"mode": "none", "problem": str(why)}
     now = describe(unit, unit.current_command())
     record = read_record()
     now["mode"] = record.get("mode", "base") if unit.dropin.exists() else "base"
