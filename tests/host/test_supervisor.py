@@ -63,9 +63,9 @@ def test_second_session_is_refused_naming_the_holder(host):
     first = host.session_dir(spec(train={"max_steps": 50000, "save_steps": 20000}), "first")
     proc = subprocess.Popen([sys.executable, "-m", "runner.host", "session", str(first)])
     try:
-        deadline = time.time() + 60
-        while json.loads((first / "status.json").read_text() or "{}").get("phase") != "train" \
-                if (first / "status.json").exists() else time.time() < deadline:
+        deadline = time.time() + 120
+        while read_status(first).get("phase") != "train":
+            assert proc.poll() is None and time.time() < deadline, "the first session never reached training"
             time.sleep(0.5)
         rc, status = host.run(host.session_dir(spec(), "second"))
         assert rc == 3 and "first" in status["error"] and "since" in status["error"]

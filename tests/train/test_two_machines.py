@@ -53,9 +53,9 @@ def test_two_machines_shard_stop_together_resume_and_leave_one_adapter(tmp_path,
     nodes = [c.parent for c in configs]
     procs = launch_nodes(configs)
     deadline = time.monotonic() + 300
-    while not any(r.get("step", 0) >= 5 for r in records(nodes[1])) if (nodes[1] / "metrics.jsonl").exists() \
-            else time.monotonic() < deadline:
+    while not ((nodes[1] / "metrics.jsonl").exists() and any(r.get("step", 0) >= 5 for r in records(nodes[1]))):
         assert all(p.poll() is None for p in procs), "a machine ended before step 5"
+        assert time.monotonic() < deadline, "no machine reached step 5 in 300 s"
         time.sleep(0.05)
     (nodes[1] / "STOP").touch()  # a stop on one machine stops both, each after a checkpoint
     finish_all(procs)
