@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from adapters import make_adapter
 
-from runner.host import inference
+from runner.host import adapter_checks, inference, served_files
 from runner.host import serve as host_serve
 
 VLLM_UNIT = Path(__file__).resolve().parents[1] / "hosts" / "vllm.service"
@@ -20,12 +20,12 @@ VLLM_UNIT = Path(__file__).resolve().parents[1] / "hosts" / "vllm.service"
 @pytest.mark.parametrize(("rank", "allowed"), [(1, 1), (2, 8), (8, 8), (9, 16), (64, 64), (300, 320), (512, 512),
                                                (600, None)])
 def test_max_lora_rank_is_the_smallest_allowed_value_that_holds_the_rank(rank, allowed):
-    assert host_serve.max_lora_rank(rank) == allowed
+    assert adapter_checks.max_lora_rank(rank) == allowed
 
 
 def test_rank_pattern_counts():
-    assert host_serve.lora_rank({"r": 8, "rank_pattern": {"q_proj": 32, "v_proj": 4}}) == 32
-    assert host_serve.lora_rank({"r": 16}) == 16
+    assert adapter_checks.lora_rank({"r": 8, "rank_pattern": {"q_proj": 32, "v_proj": 4}}) == 32
+    assert adapter_checks.lora_rank({"r": 16}) == 16
 
 
 def test_a_good_adapter_passes_with_its_base(session_dir, tiny_model):
@@ -183,10 +183,10 @@ def test_when_the_rollback_is_unhealthy_too_both_are_said(fake_unit):
 
 
 def test_merge_dtype_never_keeps_4bit_and_qlora_goes_to_bf16():
-    assert host_serve.merge_dtype({"dtype": "bfloat16"}, "qlora") == "bfloat16"
-    assert host_serve.merge_dtype({"torch_dtype": "float16"}, "lora") == "float16"
-    assert host_serve.merge_dtype({"dtype": "float32"}, "qlora") == "bfloat16"
-    assert host_serve.merge_dtype({"dtype": "float32"}, "lora") == "float32"
+    assert served_files.merge_dtype({"dtype": "bfloat16"}, "qlora") == "bfloat16"
+    assert served_files.merge_dtype({"torch_dtype": "float16"}, "lora") == "float16"
+    assert served_files.merge_dtype({"dtype": "float32"}, "qlora") == "bfloat16"
+    assert served_files.merge_dtype({"dtype": "float32"}, "lora") == "float32"
 
 
 def test_a_quantized_base_is_refused_for_merge(session_dir, tiny_model, tmp_path):
@@ -196,9 +196,9 @@ def test_a_quantized_base_is_refused_for_merge(session_dir, tiny_model, tmp_path
     (quantized / "config.json").write_text(json.dumps(config))
     adapter = host_serve.read_adapter(session_dir / "output" / "adapter", session_dir)
     with pytest.raises(host_serve.ServeRefused, match=r"stored bitsandbytes; .*unquantized"):
-        host_serve.check_mergeable(host_serve.Adapter(adapter.path, 8, 8, str(quantized), ()))
+        served_files.check_mergeable(adapter_checks.Adapter(adapter.path, 8, 8, str(quantized), ()))
     with pytest.raises(host_serve.ServeRefused, match="GiB free"):
-        host_serve.check_mergeable(adapter, free_disk_b=10)
+        served_files.check_mergeable(adapter, free_disk_b=10)
 
 
 def test_merge_gives_the_adapters_outputs_and_is_reused(session_dir, tmp_path, monkeypatch):
@@ -206,7 +206,7 @@ def test_merge_gives_the_adapters_outputs_and_is_reused(session_dir, tmp_path, m
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.setattr(host_serve, "SERVE_ROOT", tmp_path / "serve")
+    monkeypatch.setattr(served_files, "SERVE_ROOT", tmp_path / "serve")
     adapter = host_serve.read_adapter(session_dir / "output" / "adapter", session_dir)
     merged = host_serve.merge(adapter, "lora", tmp_path / "serve" / "S1" / "merged")
     ids = torch.tensor([[1, 5, 9, 42, 7]])
@@ -224,18 +224,18 @@ def test_merge_gives_the_adapters_outputs_and_is_reused(session_dir, tmp_path, m
 
 
 def test_a_new_rank_adapter_in_the_same_session_is_merged_again(session_dir, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(host_serve, "SERVE_ROOT", tmp_path / "serve")
+    monkeypatch.setattr(served_files, "SERVE_ROOT", tmp_path / "serve")
     adapter_dir = session_dir / "output" / "adapter"
     first = host_serve.merge(host_serve.read_adapter(adapter_dir, session_dir), "lora", tmp_path / "serve" / "m")
-    marker = json.loads((first / host_serve.MERGE_MARKER).read_text())
+    marker = json.loads((first / served_files.MERGE_MARKER).read_text())
     shutil.rmtree(adapter_dir)
     make_adapter(tiny_model, adapter_dir, rank=16, seed=1)
     host_serve.merge(host_serve.read_adapter(adapter_dir, session_dir), "lora", first)
-    assert json.loads((first / host_serve.MERGE_MARKER).read_text())["adapter_sha256"] != marker["adapter_sha256"]
+    assert json.loads((first / served_files.MERGE_MARKER).read_text())["adapter_sha256"] != marker["adapter_sha256"]
 
 
 def test_prune_keeps_only_what_is_served(tmp_path, monkeypatch):
-    monkeypatch.setattr(host_serve, "SERVE_ROOT", tmp_path / "serve")
+    monkeypatch.setattr(served_files, "SERVE_ROOT", tmp_path / "serve")
     for copy in ("S1/adapter", "S1/merged", "S2/adapter"):
         (tmp_path / "serve" / copy).mkdir(parents=True)
     host_serve.prune_served(keep={str(tmp_path / "serve" / "S1" / "merged")})
@@ -249,9 +249,9 @@ def test_an_adapter_whose_shapes_do_not_fit_the_served_model_is_refused(session_
     from safetensors.torch import save_file
 
     adapter = session_dir / "output" / "adapter" / "adapter_model.safetensors"
-    host_serve.check_shapes(adapter, str(tiny_model))  # its own base fits
+    adapter_checks.check_shapes(adapter, str(tiny_model))  # its own base fits
     other = tmp_path / "other"
     other.mkdir()
     save_file({"model.layers.0.self_attn.q_proj.weight": torch.zeros(128, 64)}, other / "model.safetensors")
     with pytest.raises(host_serve.ServeRefused, match=r"q_proj.lora_A.weight has shape \[8, 128\] .* \[128, 64\]"):
-        host_serve.check_shapes(adapter, str(other))
+        adapter_checks.check_shapes(adapter, str(other))
