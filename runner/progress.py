@@ -37,6 +37,8 @@ def progress_line(host: str, status: dict) -> str:
         parts.append(f"step {status['step']}/{status.get('total_steps', '?')}")
     if status.get("loss") is not None:
         parts.append(f"loss {status['loss']:.3f}")
+    if status.get("eval_loss") is not None:
+        parts.append(f"eval {status['eval_loss']:.3f}")
     if status.get("tokens_per_s"):
         parts.append(f"{status['tokens_per_s']:,.0f} tok/s")
     for i, gpu in enumerate(status.get("gpus") or []):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -103,6 +103,15 @@ class ClusterSection(Section):
     collective_timeout_s: Annotated[float, Field(gt=0)] = 600  # a lost peer ends the job after this
 
 
+class EvalSection(Section):
+    """Evaluation on held-out records or a separate file; the trainer's own checks apply (runner/train/config.py)."""
+
+    split: Any = None  # records held out of the dataset: a fraction below 1 (0.1) or a whole count (50)
+    dataset: Annotated[str, Field(min_length=1)] | None = None  # or a separate file, staged like the dataset
+    every_steps: Annotated[int, Field(gt=0)] | None = None  # None: only at the end
+    patience: Annotated[int, Field(gt=0)] | None = None  # evaluations without a lower loss, then stop early
+
+
 class OutputSection(Section):
     fetch: Literal["adapter", "all", "none"] = "adapter"
 
@@ -121,6 +130,7 @@ class JobSpec(Section):
     inference: InferenceSection = InferenceSection()
     output: OutputSection = OutputSection()
     cluster: ClusterSection = ClusterSection()
+    eval: EvalSection | None = None  # None: no evaluation
 
     @model_validator(mode="after")
     def _alpha_defaults_to_twice_rank(self):
@@ -142,7 +152,7 @@ def trainer_settings(spec: dict) -> dict:
     """The trainer config's part that comes from the spec (runner/host/launch.py adds the host's paths)."""
     return {"model": spec["model"], "dataset": spec["dataset"], "output_dir": "output", "format": spec["format"],
             "method": spec["method"], "lora": spec["lora"], "train": spec["train"],
-            "trust_remote_code": spec["trust_remote_code"]}
+            "trust_remote_code": spec["trust_remote_code"], **({"eval": spec["eval"]} if spec.get("eval") else {})}
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
@@ -245,6 +255,7 @@ def valid_keys(loc: list[str]) -> list[str]:
     for part in loc:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
+        annotation = next((a for a in get_args(annotation) if a is not type(None)), annotation)  # X | None: X
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -48,7 +49,7 @@ def status(session_id: str | None, as_json: bool) -> int:
         if entry.outcome == "running" or session_id:
             live[entry.id] = refresh(entry)
     if as_json:
-        out.print_json(json.dumps([e.public() for e in entries]))
+        out.print_json(json.dumps([{**e.public(), **eval_fields(e, live.get(e.id, {}))} for e in entries]))
         return EXIT_OK
     table = Table("id", "hosts", "outcome", "started", "ended")
     for entry in entries:
@@ -59,8 +60,27 @@ def status(session_id: str | None, as_json: bool) -> int:
         restore = state.get("restore", {})
         out.print(f"{host}: {state.get('outcome')} in {state.get('phase')}, step {state.get('step')}/"
                   f"{state.get('total_steps')}, loss {state.get('loss')}, restore "
-                  f"{'ok' if restore.get('ok') else restore or 'not yet'}", markup=False)
+                  f"{'ok' if restore.get('ok') else restore or 'not yet'}" + eval_words(state), markup=False)
     return EXIT_OK
+
+
+def eval_fields(entry: ledger.Entry, live: dict[str, dict]) -> dict:
+    """Where the job evaluates: eval_loss (latest), best_eval_loss and best_step (the first host's), and each host's
+    under eval_by_host; from the hosts' live status, else the status.json fetched into the run folder."""
+    by_host = {}
+    for host in entry.hosts:
+        fetched = Path(entry.run_dir) / host / "status.json"
+        state = live.get(host) or (json.loads(fetched.read_text()) if fetched.exists() else {})
+        if state.get("eval_loss") is not None:
+            by_host[host] = {k: state.get(k) for k in ("eval_loss", "best_eval_loss", "best_step")}
+    return {**next(iter(by_host.values())), "eval_by_host": by_host} if by_host else {}
+
+
+def eval_words(state: dict) -> str:
+    """', eval loss 2.31 (best 2.28 at step 40)' where the job evaluates; '' otherwise."""
+    if state.get("eval_loss") is None:
+        return ""
+    return f", eval loss {state['eval_loss']:.4f} (best {state['best_eval_loss']:.4f} at step {state['best_step']})"
 
 
 def logs(session_id: str, follow: bool) -> int:
@@ -80,6 +100,12 @@ def logs(session_id: str, follow: bool) -> int:
 
 def stop(session_id: str) -> int:
     entry = ledger.get(session_id)
+    live = refresh(entry)
+    if set(live) == set(entry.hosts) and all(s.get("outcome", "running") != "running" for s in live.values()):
+        ended = ", ".join(f"{host} {state['outcome']}" for host, state in live.items())
+        hint = f"; 'runner train --resume {entry.id}' continues it" if entry.outcome == "interrupted" else ""
+        err.print(f"session {entry.id} has already ended ({ended}); nothing to stop{hint}.", markup=False)
+        return EXIT_OK
     host_results(entry, "stop", "Ask the session to stop (checkpoint, then restore)")
     err.print(f"stop requested on {', '.join(entry.hosts)}; following until restored", markup=False)
     return follow_session(entry, load_inventory(entry.inventory), attach=True)

@@ -13,7 +13,7 @@ from rich.console import Console
 from runner import ledger, playbook
 from runner.cluster import MultiNode, PeerWatch, cluster_hosts
 from runner.credentials import hf_token_file
-from runner.dataset import check_uploaded_dataset
+from runner.dataset import check_uploaded_dataset, eval_plan
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
@@ -42,19 +42,22 @@ def is_local(value: str, base: Path) -> Path | None:
 
 
 def stage(spec: JobSpec, job_file: Path, inventory: Inventory) -> Staging:
-    """Decide what is uploaded: a local dataset file always; a local model folder too."""
+    """Decide what is uploaded: a local dataset file always (and an eval file); a local model folder too."""
     base = job_file.resolve().parent
     paths, uploads = {}, []
-    for what, kind in (("dataset", "file"), ("model", "dir")):
-        value = getattr(spec, what)
+    wanted = [("dataset", spec.dataset, "file"), ("model", spec.model, "dir")]
+    if spec.eval and spec.eval.dataset:
+        wanted.append(("eval_dataset", spec.eval.dataset, "file"))
+    for what, value, kind in wanted:
         local = is_local(value, base)
         if local is None:
             paths[what] = value
             continue
         if not local.exists():
-            raise UsageError(f"{what} {value}: no such {kind} (looked in {local.parent}). Fix '{what}' "
+            key = what.replace("_", ".")
+            raise UsageError(f"{key} {value}: no such {kind} (looked in {local.parent}). Fix '{key}' "
                              "in the job file; a path on the host must be absolute.")
-        dest = f"data/{local.name}" if what == "dataset" else "model"
+        dest = {"dataset": f"data/{local.name}", "eval_dataset": f"data/eval-{local.name}"}.get(what, "model")
         uploads.append({"src": str(local) + ("/" if local.is_dir() else ""), "dest": dest})
         paths[what] = dest
     return Staging(paths, uploads)
@@ -102,6 +105,9 @@ def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: lis
                       markup=False)
     uploads = ", ".join(u["src"] for u in staging.uploads) or "nothing"
     out.print(f"\nuploads: {uploads}", markup=False)
+    held = eval_plan(spec, staging.paths, staging.uploads)
+    if held:
+        out.print(held, markup=False)
 
 
 def load_results(run_dir: Path, hosts: list[str]) -> dict[str, dict]:
@@ -124,6 +130,9 @@ def summarize(host: str, status: dict, host_dir: Path) -> None:
         out.print(f"{host}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {status.get('step')} steps"
                   + (f", {summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else ""),
                   markup=False)
+    if status.get("eval_loss") is not None:
+        out.print(f"{host}: eval loss {status['eval_loss']:.4f}, best {status['best_eval_loss']:.4f} at step "
+                  f"{status['best_step']}", markup=False)
     for uuid, peak in (summary.get("gpu_peaks") or {}).items():
         out.print(f"{host}: {uuid} max {peak['max_instant_w']:.0f} W instant (limit {peak['limit_w']:.0f} W), "
                   f"max {peak['max_temperature_c']:.0f} C", markup=False)

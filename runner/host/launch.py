@@ -41,7 +41,16 @@ def trainer_config(job: dict, session_dir: Path) -> dict:
         "stop_file": str(session_dir / "STOP"),
         "resume": True,
         **({"collective_timeout_s": spec["cluster"]["collective_timeout_s"]} if job.get("cluster") else {}),
+        **({"eval": eval_settings(job)} if spec.get("eval") else {}),
     }
+
+
+def eval_settings(job: dict) -> dict:
+    """The spec's eval section, its separate file (if any) where the host has it."""
+    ev = dict(job["spec"]["eval"])
+    if ev.get("dataset"):
+        ev["dataset"] = job["paths"]["eval_dataset"]
+    return ev
 
 
 def launch_env(gpu_names: list[str], token: str | None = None) -> dict[str, str]:

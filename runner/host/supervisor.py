@@ -282,6 +282,11 @@ class Session:
             self.status.update(total_steps=record.get("total_steps"), trainer=record)
         elif event in ("done", "stopped", "checkpoint"):
             self.status.update(**{f"trainer_{event}": record})
+        elif event == "eval":  # the latest eval loss, the best so far and its step
+            loss, step = record.get("eval_loss"), record.get("step")
+            self.status.append("eval_losses", [step, loss])
+            best = {"best_eval_loss": loss, "best_step": step} if record.get("best") else {}
+            self.status.update(eval_loss=loss, **best)
         elif event == "out_of_memory":  # the trainer lowered its rows and went on; the CLI says so
             self.status.append("trainer_out_of_memory", record)
 
@@ -289,7 +294,11 @@ class Session:
         done = self.status.data.get("trainer_done")
         if rc == 0 and done and not self.stop_reason:
             adapter = done.get("adapter")  # multi-node: only the first host (rank 0) writes it
-            self.status.end("ok", f"adapter at {adapter}" if adapter else "trained; the adapter is on the first host")
+            detail = f"adapter at {adapter}" if adapter else "trained; the adapter is on the first host"
+            if done.get("best_step") is not None:  # an eval section: the adapter is the best evaluated step's
+                stopped = f"stopped early at step {done['steps']}; " if done.get("early_stopped") else ""
+                detail += f"; {stopped}the adapter is from step {done['best_step']} (lowest eval loss)"
+            self.status.end("ok", detail)
             self._finish("succeeded")
             return EXIT_OK
         if self.stop_reason or self.status.data.get("trainer_stopped"):

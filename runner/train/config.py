@@ -51,6 +51,14 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class EvalSettings:
+    split: float | None = None  # records held out of the dataset: a fraction below 1, or a whole count
+    dataset: str | None = None  # or a separate file
+    every_steps: int | None = None  # None: only at the end
+    patience: int | None = None  # evaluations without a lower loss before training stops early
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: str
     dataset: str
@@ -61,6 +69,7 @@ class TrainConfig:
     method: str = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings | None = None  # None: no evaluation, training as before
     trust_remote_code: bool = False
     resume: bool = True
     # Seconds a collective may wait for a peer (multi-node: a lost host ends the job); None: torch's default
@@ -88,7 +97,10 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
     if isinstance(lora.get("target_modules"), list):
         lora["target_modules"] = tuple(lora["target_modules"])
     train = _known(top.pop("train", None) or {}, TrainSettings, "train.")
-    cfg = TrainConfig(**top, lora=LoraSettings(**lora), train=TrainSettings(**train))
+    evaluation = top.pop("eval", None)
+    if evaluation is not None:
+        evaluation = EvalSettings(**_known(evaluation, EvalSettings, "eval."))
+    cfg = TrainConfig(**top, lora=LoraSettings(**lora), train=TrainSettings(**train), eval=evaluation)
     _validate(cfg)
     return cfg
 
@@ -133,6 +145,30 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.collective_timeout_s is not None:
         _number("collective_timeout_s", cfg.collective_timeout_s, low=0)
     _target_modules(cfg.lora.target_modules)
+    if cfg.eval is not None:
+        _eval(cfg.eval)
+
+
+def _eval(ev: EvalSettings) -> None:
+    if (ev.split is None) == (ev.dataset is None):
+        raise ConfigError("eval needs one of split (records held out of the dataset, e.g. 0.1 or 50) or dataset "
+                          "(a separate file)" + (", not both" if ev.split is not None else ""))
+    if ev.split is not None:
+        whole = isinstance(ev.split, int) and not isinstance(ev.split, bool) and ev.split >= 1
+        fraction = isinstance(ev.split, float) and 0 < ev.split < 1
+        if not whole and not fraction:
+            raise ConfigError(f"eval.split must be a fraction below 1 (0.1 holds out 10 % of the records) or a "
+                              f"whole count of records (50), not {ev.split!r}")
+    if ev.dataset is not None and (not isinstance(ev.dataset, str) or not ev.dataset.strip()):
+        raise ConfigError(f"eval.dataset must name a .jsonl/.json file, a folder of them or a dataset id, "
+                          f"not {ev.dataset!r}")
+    if ev.every_steps is not None:
+        _positive_int("eval.every_steps", ev.every_steps)
+    if ev.patience is not None:
+        _positive_int("eval.patience", ev.patience)
+        if ev.every_steps is None:
+            raise ConfigError("eval.patience counts evaluations made every eval.every_steps steps; "
+                              "set eval.every_steps too")
 
 
 def _number(key: str, value: object, low: float, high: float = math.inf, low_inclusive: bool = False) -> None:

@@ -8,6 +8,7 @@ A bad record is one ConfigError line naming file:line and the problem.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,13 +122,37 @@ def _record(item: Any, where: str) -> Record:
     return record
 
 
+def held_out_count(split: float, total: int) -> int:
+    """How many of `total` records eval.split holds out: a whole count as given, a fraction rounded (at least 1)."""
+    count = split if isinstance(split, int) else max(1, round(total * split))
+    if count >= total:
+        raise ConfigError(f"eval.split {split} holds out {count} of the dataset's {total} records and leaves none "
+                          "to train on; lower eval.split")
+    return count
+
+
+def hold_out(records: list[Record], split: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(training, evaluation) records: the held-out ones are drawn by the seed, the same on every rank and run."""
+    held = set(random.Random(seed).sample(range(len(records)), held_out_count(split, len(records))))
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
 def sample_records(source: str, limit: int) -> list[Record]:
     """The first `limit` records of a local file, or of each file in a folder (the host preflight's sample)."""
+    return [record for file in _local_files(source) for record in _read_file(file, limit)]
+
+
+def count_records(source: str) -> int:
+    """How many records a local file or folder holds, streamed without keeping them."""
+    return sum(1 for file in _local_files(source) for _ in _read_file(file))
+
+
+def _local_files(source: str) -> list[Path]:
     path = Path(source)
     files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES) if path.is_dir() else [path]
     if not files:
         raise ConfigError(f"dataset folder {source} holds no .jsonl or .json files")
-    return [record for file in files for record in _read_file(file, limit)]
+    return files
 
 
 def detect_format(record: dict[str, Any]) -> str:

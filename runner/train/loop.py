@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -17,6 +18,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from .config import TrainSettings
+from .evaluation import BEST_DIR, Evaluation, promote_best
 from .metrics import Metrics
 from .packing import BatchPlan, collate_packed, collate_padded, pack_best_fit
 from .sizing import apply_checkpointing
@@ -100,11 +102,13 @@ class Trainer:
         pad_id: int,
         run_info: dict[str, Any],
         forward_rows: int | None = None,
+        evaluation: Evaluation | None = None,
     ) -> None:
         self.accelerator, self.wrapped, self.peft_model = accelerator, wrapped, peft_model
         self.optimizer, self.scheduler, self.plan, self.steps = optimizer, scheduler, plan, steps
         self.settings, self.output_dir, self.metrics, self.stop = settings, output_dir, metrics, stop
         self.tokenizer, self.pad_id, self.run_info = tokenizer, pad_id, run_info
+        self.evaluation = evaluation  # None: no eval section, training as before
         self.step = 0
         self.last_loss: float | None = None
         # Rows per forward pass: the plan's rows unless an out-of-memory error lowered it (the micro-batch is then
@@ -117,6 +121,8 @@ class Trainer:
         """Continue from a checkpoint (the newest complete one every rank has: checkpoint.agreed_checkpoint)."""
         state = load_checkpoint(self.accelerator, path, self.wrapped, self.peft_model, self.optimizer, self.scheduler)
         self.step = state["step"]
+        if self.evaluation:
+            self.evaluation.load(state.get("eval"))
         self.last_checkpoint = path
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -129,6 +135,7 @@ class Trainer:
             "forward_rows": self.forward_rows,
             "checkpointed_layers": self.run_info.get("checkpointed_layers"),
             "offload_checkpoints": self.run_info.get("offload_checkpoints", False),
+            **({"eval": self.evaluation.state()} if self.evaluation else {}),
         }
 
     def run(self) -> Outcome:
@@ -154,14 +161,47 @@ class Trainer:
                 self.step / self.plan.steps_per_epoch,
             )
             last_time, tokens = now, 0
+            if self.evaluation and self.evaluation.due(self.step) and self.step < self.steps:
+                self._evaluate(final=False)
+                last_time = time.perf_counter()  # the next step's speed without the evaluation
+                if self.evaluation.out_of_patience():
+                    return self._finish(early_stopped=True)
             if stop:
                 return self._stopped(checkpoint=self._checkpoint())
             if self.step % self.settings.save_steps == 0 and self.step < self.steps:
                 self._checkpoint()
-        adapter = save_adapter(self.accelerator, self.wrapped, self.peft_model, self.tokenizer, self.output_dir)
+        return self._finish()
+
+    def _finish(self, early_stopped: bool = False) -> Outcome:
+        """The final adapter: the last weights, or with an eval section the best evaluated ones."""
+        ev = self.evaluation
+        if ev and early_stopped:
+            self.metrics.event("early_stop", step=self.step, best_step=ev.best_step, best_eval_loss=ev.best_loss,
+                               patience=ev.settings.patience)
+        elif ev:
+            self._evaluate(final=True)
+        if ev and ev.best_step != self.step:
+            adapter = promote_best(self.accelerator, self.output_dir)
+        else:
+            adapter = save_adapter(self.accelerator, self.wrapped, self.peft_model, self.tokenizer, self.output_dir)
+            if ev and self.accelerator.is_main_process:
+                shutil.rmtree(Path(self.output_dir) / BEST_DIR, ignore_errors=True)
         written = str(adapter) if self.accelerator.is_main_process else None  # multi-node: on rank 0's host
-        self.metrics.event("done", adapter=written, final_loss=self.last_loss, steps=self.step, **self._peaks())
+        found = {"eval_loss": ev.last_loss, "best_eval_loss": ev.best_loss, "best_step": ev.best_step,
+                 "adapter_step": ev.best_step, "early_stopped": early_stopped} if ev else {}
+        self.metrics.event("done", adapter=written, final_loss=self.last_loss, steps=self.step, **found,
+                           **self._peaks())
         return Outcome("done", self.step, str(adapter))
+
+    def _evaluate(self, final: bool) -> None:
+        """One evaluation; a new best keeps its adapter (output_dir/best) unless this is the end of training."""
+        ev = self.evaluation
+        assert ev is not None
+        best = ev.record(self.step, ev.loss(self))
+        self.metrics.eval(self.step, ev.last_loss, ev.tokens, best)
+        if best and not final:
+            save_adapter(self.accelerator, self.wrapped, self.peft_model, self.tokenizer,
+                         Path(self.output_dir) / BEST_DIR)
 
     def _peaks(self) -> dict[str, float]:
         """This process's GPU memory peaks since training started (allocated, and held by the allocator)."""
@@ -269,7 +309,10 @@ class Trainer:
         )
 
     def _to_device(self, indices: list[int]) -> dict[str, Any]:
-        examples = [self.plan.examples[i] for i in indices]
+        return self.device_batch([self.plan.examples[i] for i in indices])
+
+    def device_batch(self, examples: list[Any]) -> dict[str, Any]:
+        """Examples collated as the plan collates them (packed or padded), on this rank's device."""
         batch = (
             collate_packed(examples, self.plan.max_seq_len)
             if self.plan.packing

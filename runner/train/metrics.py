@@ -52,6 +52,12 @@ class Metrics:
             epoch,
         )
 
+    def eval(self, step: int, eval_loss: float, eval_tokens: int, best: bool) -> None:
+        """One evaluation: the mean loss per response token of the evaluation examples; best: the lowest so far."""
+        self._write({"event": "eval", "step": step, "eval_loss": round(eval_loss, 6), "eval_tokens": eval_tokens,
+                     "best": best})
+        log.info("eval at step %d: loss %.4f over %d tokens%s", step, eval_loss, eval_tokens, " (best)" if best else "")
+
     def _write(self, record: dict[str, Any]) -> None:
         if self.path:
             with self.path.open("a") as out:

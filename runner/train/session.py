@@ -15,6 +15,7 @@ import torch
 from .checkpoint import STATE_FILE, agreed_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import Example, read_records, tokenize_records
+from .evaluation import Evaluation, eval_examples, split_data
 from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, total_steps
 from .metrics import Metrics, setup_logging
 from .model import CausalLMLoss, compile_layers, load_tokenizer, load_training_model
@@ -68,11 +69,15 @@ def run_session(
     if strategy == "fsdp" and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
         raise ConfigError("FSDP training needs fsdp_version: 2 in the accelerate config")
     set_seed(cfg.train.seed)
-    tokenizer, counts = None, None
+    tokenizer, counts, evaluation = None, None, None
     if examples is None:
         tokenizer = load_tokenizer(cfg)
-        records = read_records(cfg.dataset)
+        records, held = split_data(cfg, read_records(cfg.dataset))
         examples, counts = tokenize_records(records, cfg.format, tokenizer, cfg.train.max_seq_len)
+        if held is not None:
+            evaluation = Evaluation(eval_examples(held, cfg, tokenizer), cfg.eval)
+    elif cfg.eval is not None:
+        raise ConfigError("eval needs the trainer to read the dataset itself, not examples passed in")
     # the paths for this model's family (families.py), the model in training mode (the sizing probe too)
     loss_model, features = load_training_model(
         cfg, accelerator.mixed_precision, device, sharded=strategy == "fsdp", fsdp=strategy == "fsdp", model=model
@@ -115,6 +120,7 @@ def run_session(
         "max_seq_len": cfg.train.max_seq_len,
         "grad_accum": cfg.train.grad_accum,
         "examples": len(examples),
+        **({"eval_examples": len(evaluation.examples), "eval_tokens": evaluation.tokens} if evaluation else {}),
         **(counts.start_fields() if counts else {"dropped_examples": 0}),  # dropped and truncated records
         "trainable_params": trainable,
         "device": _device_name(device),
@@ -136,6 +142,7 @@ def run_session(
         pad_id=tokenizer.pad_token_id if tokenizer else 0,
         run_info=info,
         forward_rows=sizing.forward_rows,
+        evaluation=evaluation,
     )
     if saved is not None:
         trainer.resume(saved)

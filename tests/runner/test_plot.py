@@ -34,3 +34,21 @@ def test_plot_session_writes_the_png_from_the_run_folder(tmp_path):
     assert path == tmp_path / "session.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_session(tmp_path / "empty") is None
+
+
+def test_eval_loss_is_a_second_line_in_the_loss_panel():
+    fig = session_figure([{"step": s, "loss": 3.0 - s / 10} for s in range(1, 7)], _telemetry(),
+                         [{"event": "eval", "step": 3, "eval_loss": 2.9, "best": True},
+                          {"event": "eval", "step": 6, "eval_loss": 2.95, "best": False}])
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].get_lines()}
+    assert lines["eval"] == ([3, 6], [2.9, 2.95])
+    assert lines["training"][0] == [1, 2, 3, 4, 5, 6]
+
+
+def test_without_gpu_telemetry_the_gpu_panels_say_so(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0}) + "\n")
+    assert plot_session(tmp_path) == tmp_path / "session.png"  # a CPU host: the loss alone still plots
+    fig = session_figure([{"step": 1, "loss": 3.0}], [{"time": 1.0, "gpus": []}])
+    for ax in fig.axes[1:]:
+        assert not ax.get_lines() and [t.get_text() for t in ax.texts] == ["no GPU telemetry"]
+    assert not fig.axes[0].texts
