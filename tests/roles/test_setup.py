@@ -18,8 +18,7 @@ UNITS = ("gpu-power@standing.service", "gpu-runner-session@t1.service")
 def test_second_setup_changes_nothing(provisioned, inventory):
     for host in inventory.hosts:
         assert provisioned.second.changed(host) == 0, host
-    assert provisioned.first.changed() > 0
-    assert provisioned.second_s <= 30
+    assert provisioned.first.changed() > 0  # its duration is printed (tests/provisioning.py), never asserted
 
 
 def test_check_diff_on_provisioned_hosts_changes_nothing(provisioned, inventory):

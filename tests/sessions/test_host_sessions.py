@@ -46,7 +46,6 @@ def test_session_caps_stops_vllm_trains_and_restores(provisioned, inventory, hos
     overhead_s = phases["train"]["started"] - status["started"]
     print(f"th1 session: wall {wall_s:.0f} s; overhead before launch {overhead_s:.1f} s; "
           f"inference downtime {status['summary'].get('inference_downtime_s', 0):.0f} s")
-    assert overhead_s <= 15
     assert (home / "runs" / session / "th1" / "adapter" / "adapter_config.json").exists()
     assert "max" in result.stdout and "instant (limit 350 W)" in result.stdout
     assert_restored(th1, vllm=True)
