@@ -41,6 +41,13 @@ def is_local(value: str, base: Path) -> Path | None:
     return None
 
 
+def base_model_name(spec: JobSpec, job_file: Path) -> str:
+    """The model as the user named it, for the adapter to name as its base: a hub id or host path as written,
+    a path on this machine resolved absolute (the host's copy of it is a staging folder the user never sees)."""
+    local = is_local(spec.model, job_file.resolve().parent)
+    return str(local) if local else spec.model
+
+
 def stage(spec: JobSpec, job_file: Path, inventory: Inventory) -> Staging:
     """Decide what is uploaded: a local dataset file always (and an eval file); a local model folder too."""
     base = job_file.resolve().parent
@@ -259,7 +266,8 @@ def train(job_file: str | None, hosts: str | None, inventory_path: str | None, o
         return EXIT_OK
     session_id = new_session_id()
     run_dir = runs_dir() / session_id
-    write_plan(run_dir, {"job": {"spec": spec.model_dump(), "paths": staging.paths}, "uploads": staging.uploads,
+    write_plan(run_dir, {"job": {"spec": spec.model_dump(), "paths": staging.paths,
+                                 "base_model_name": base_model_name(spec, Path(job_file))}, "uploads": staging.uploads,
                          "cluster_hosts": cluster})
     entry = ledger.Entry(session_id, chosen, str(Path(job_file).resolve()),
                          str(inventory.path) if inventory.path else None, time.time(), str(run_dir))

@@ -30,6 +30,8 @@ def trainer_config(job: dict, session_dir: Path) -> dict:
     spec = job["spec"]
     return {
         "model": job["paths"]["model"],
+        # the adapter names the model as the user did (a job staged before this key: as the spec wrote it)
+        "base_model_name": job.get("base_model_name") or spec["model"],
         "dataset": job["paths"]["dataset"],
         "format": spec["format"],
         "method": spec["method"],

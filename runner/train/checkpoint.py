@@ -115,6 +115,14 @@ def load_checkpoint(
     return json.loads((path / STATE_FILE).read_text())
 
 
+def name_base(peft_model: nn.Module, name: str) -> None:
+    """Every adapter and checkpoint saved from here names `name` as its base (adapter_config.json's
+    base_model_name_or_path): the model as the job named it, which the user's machine can load, not the
+    folder the host staged it in."""
+    for config in peft_model.peft_config.values():
+        config.base_model_name_or_path = name
+
+
 def save_adapter(
     accelerator: Any, wrapped: nn.Module, peft_model: nn.Module, tokenizer: Any, output_dir: str | Path
 ) -> Path:

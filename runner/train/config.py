@@ -63,6 +63,8 @@ class TrainConfig:
     model: str
     dataset: str
     output_dir: str
+    # The model as the job named it (hub id, or the user's own path): the adapter's base; None: `model`
+    base_model_name: str | None = None
     metrics_path: str | None = None
     stop_file: str | None = None
     format: str = AUTO

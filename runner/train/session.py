@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import STATE_FILE, agreed_checkpoint
+from .card import write_card
+from .checkpoint import STATE_FILE, agreed_checkpoint, name_base
 from .config import ConfigError, TrainConfig
 from .data import Example, read_records, tokenize_records
 from .evaluation import Evaluation, eval_examples, split_data
@@ -83,6 +84,7 @@ def run_session(
         cfg, accelerator.mixed_precision, device, sharded=strategy == "fsdp", fsdp=strategy == "fsdp", model=model
     )
     peft_model = loss_model.model
+    name_base(peft_model, cfg.base_model_name or cfg.model)  # what adapter_config.json names as the base
     saved = agreed_checkpoint(cfg.output_dir, accelerator.device) if cfg.resume else None
     sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy, saved)
     if features.compile:
@@ -146,7 +148,10 @@ def run_session(
     )
     if saved is not None:
         trainer.resume(saved)
-    return trainer.run()
+    outcome = trainer.run()
+    if outcome.status == "done":  # every rank: the card lists each one's device
+        write_card(accelerator, cfg, info, outcome.step, Path(outcome.path))
+    return outcome
 
 
 def _sizing(
