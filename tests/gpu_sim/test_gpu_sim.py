@@ -3,111 +3,13 @@
 Each NVML check runs in a fresh subprocess (its own pynvml and environment). Run: pytest tests/gpu_sim
 """
 
-import json
-import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-BUILD = HERE / "build"
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-UUID_3090TI = "GPU-3090ti00-0000-4000-8000-000000000001"
-UUID_4090 = "GPU-40900000-0000-4000-8000-000000000002"
-
-# Every snippet starts with an initialised pynvml as `n`, handles in `h`, and sets `out`.
-PRELUDE = """
-import json, pynvml as n
-n.nvmlInit()
-h = [n.nvmlDeviceGetHandleByIndex(i) for i in range(n.nvmlDeviceGetCount())]
-def error(call, *args):
-    try:
-        call(*args)
-    except n.NVMLError as err:
-        return type(err).__name__
-    return None
-"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def built() -> None:
-    subprocess.run(["make", "-s", "-C", str(HERE)], check=True)
-
-
-class Sim:
-    """One simulated host: a private state file and boot id, and helpers to drive it."""
-
-    def __init__(self, root: Path, profile: str) -> None:
-        self.state = root / "state.json"
-        self.boot_id = root / "boot_id"
-        self.boot_id.write_text("boot-1\n")
-        self.children: list[subprocess.Popen] = []
-        # Patterns unique to this test, so no other process on the machine counts as a GPU process.
-        self.token = f"gpusim-{uuid.uuid4().hex[:8]}"
-        state = json.loads((HERE / "profiles" / f"{profile}.json").read_text())
-        for proc in state["processes"]:
-            proc["pattern"] = f"{self.token}-{proc['pattern']}"
-        self.write(state)
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "LD_LIBRARY_PATH": str(BUILD), "GPU_SIM_STATE": str(self.state),
-                "GPU_SIM_BOOT_ID_FILE": str(self.boot_id)}
-
-    def read(self) -> dict:
-        return json.loads(self.state.read_text())
-
-    def write(self, state: dict) -> None:
-        tmp = self.state.with_suffix(".edit")
-        tmp.write_text(json.dumps(state))
-        tmp.chmod(0o644)
-        tmp.replace(self.state)  # atomic, as the README asks of editors
-
-    def force(self, index: int, **values: float) -> None:
-        state = self.read()
-        state["gpus"][index]["force"].update(values)
-        self.write(state)
-
-    def nvml(self, code: str, as_nobody: bool = False):
-        """Runs a snippet against the library in a new Python; returns its `out`."""
-        script = PRELUDE + textwrap.dedent(code) + "\nprint(json.dumps(out))\n"
-        cmd = [*NOBODY] * as_nobody + [sys.executable, "-c", script]
-        done = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=20)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.splitlines()[-1])
-
-    def smi(self, *args: str, as_nobody: bool = False) -> subprocess.CompletedProcess:
-        cmd = [*NOBODY] * as_nobody + [str(BUILD / "nvidia-smi"), *args]
-        return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=20)
-
-    def spawn(self, pattern: str) -> subprocess.Popen:
-        """Starts a process whose command line matches the profile's pattern (e.g. "vllm")."""
-        sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
-        child = subprocess.Popen([*sleeper, f"{self.token}-{pattern}"])
-        self.children.append(child)
-        return child
-
-    def stop(self, child: subprocess.Popen) -> None:
-        child.kill()
-        child.wait()
-
-
-@pytest.fixture
-def sim() -> Iterator[Sim]:
-    root = Path(tempfile.mkdtemp(prefix="gpu-sim-"))
-    root.chmod(0o755)  # readable by the unprivileged user in the permission tests
-    host = Sim(root, "a")
-    yield host
-    for child in host.children:
-        host.stop(child)
-    shutil.rmtree(root)
+from conftest import PRELUDE, UUID_3090TI, UUID_4090, Sim
 
 
 def test_devices_match_the_profile(sim: Sim) -> None:
@@ -303,84 +205,6 @@ def test_without_a_state_file_the_driver_is_not_loaded(sim: Sim) -> None:
     assert done.stdout == "none\n"
     smi = sim.smi()
     assert smi.returncode == 9 and "couldn't communicate with the NVIDIA driver" in smi.stdout
-
-
-def test_smi_query_gpu_csv_forms(sim: Sim) -> None:
-    fields = ("index,uuid,name,pci.bus_id,power.draw,power.limit,power.default_limit,power.min_limit,"
-              "power.max_limit,enforced.power.limit,temperature.gpu,utilization.gpu,memory.used,memory.total,"
-              "persistence_mode,driver_version,compute_cap")
-    full = sim.smi(f"--query-gpu={fields}", "--format=csv")
-    assert full.returncode == 0
-    header, first, second = full.stdout.splitlines()
-    assert header.startswith("index, uuid, name, pci.bus_id, power.draw [W], power.limit [W],")
-    row = first.split(", ")
-    assert row[:4] == ["0", UUID_3090TI, "NVIDIA GeForce RTX 3090 Ti", "00000000:01:00.0"]
-    assert row[5:10] == ["450.00 W", "450.00 W", "100.00 W", "480.00 W", "450.00 W"]
-    assert row[12:] == ["1 MiB", "24564 MiB", "Disabled", "550.120", "8.6"]
-    assert second.split(", ")[-1] == "8.9"
-
-    bare = sim.smi("--query-gpu", "uuid,power.min_limit,power.limit,utilization.gpu",
-                   "--format=csv,noheader,nounits")
-    assert bare.stdout == f"{UUID_3090TI}, 100.00, 450.00, 0\n{UUID_4090}, 150.00, 450.00, 0\n"
-    assert sim.smi("-i", "1", "--query-gpu=index,name", "--format=csv,noheader").stdout == \
-        "1, NVIDIA GeForce RTX 4090\n"
-    bad = sim.smi("--query-gpu=index,watts", "--format=csv")
-    assert bad.returncode != 0 and 'Field "watts" is not a valid field to query.' in bad.stdout
-
-
-def test_smi_query_compute_apps(sim: Sim) -> None:
-    apps = ["--query-compute-apps=pid,used_memory,gpu_uuid", "--format=csv,noheader,nounits"]
-    assert sim.smi(*apps).stdout == ""
-    vllm = sim.spawn("vllm")
-    assert sim.smi(*apps).stdout == f"{vllm.pid}, 20000, {UUID_4090}\n"
-    with_header = sim.smi("--query-compute-apps=pid,used_memory,gpu_uuid", "--format=csv").stdout
-    assert with_header.splitlines()[0] == "pid, used_memory [MiB], gpu_uuid"
-    assert "20000 MiB" in with_header
-    assert f"{vllm.pid}" in sim.smi().stdout  # the summary table's process list
-
-
-def test_smi_sets_limits_with_the_real_messages(sim: Sim) -> None:
-    done = sim.smi("-pl", "350")
-    assert done.returncode == 0
-    assert "Power limit for GPU 00000000:01:00.0 was set to 350.00 W from 450.00 W." in done.stdout
-    assert "Power limit for GPU 00000000:02:00.0 was set to 350.00 W from 450.00 W." in done.stdout
-    assert done.stdout.endswith("All done.\n")
-
-    one = sim.smi("-i", UUID_4090, "-pl", "300")
-    assert one.returncode == 0 and "00000000:01:00.0" not in one.stdout
-    assert "was set to 300.00 W from 350.00 W." in one.stdout
-    limits = sim.smi("--query-gpu=power.limit,enforced.power.limit", "--format=csv,noheader,nounits")
-    assert limits.stdout == "350.00, 350.00\n300.00, 300.00\n"
-
-    high = sim.smi("-i", "0", "-pl", "500")
-    assert high.returncode != 0
-    assert ("Provided power limit 500.00 W is not a valid power limit which should be between 100.00 W and "
-            "480.00 W for GPU 00000000:01:00.0") in high.stdout
-
-    nobody = sim.smi("-pl", "300", as_nobody=True)
-    assert nobody.returncode == 4 and "Insufficient Permissions" in nobody.stdout
-    assert sim.smi("-i", "9", "-pl", "300").returncode != 0  # no such GPU
-
-
-def test_smi_persistence_mode_and_reports(sim: Sim) -> None:
-    done = sim.smi("-i", "0", "-pm", "1")
-    assert done.returncode == 0 and "Enabled persistence mode for GPU 00000000:01:00.0." in done.stdout
-    pm = sim.smi("--query-gpu=persistence_mode", "--format=csv,noheader").stdout
-    assert pm == "Enabled\nDisabled\n"
-    assert "Warning: persistence mode is disabled" not in sim.smi("-i", "0", "-pl", "400").stdout
-
-    power = sim.smi("-q", "-d", "POWER")
-    assert power.returncode == 0 and "GPU Power Readings" in power.stdout
-    lines = [line.strip() for line in power.stdout.splitlines()
-             if "Power Limit" in line or "Power Draw" in line]
-    assert "Current Power Limit               : 400.00 W" in lines
-    assert "Default Power Limit               : 450.00 W" in lines
-    assert "Max Power Limit                   : 600.00 W" in lines
-    assert sum(line.startswith("Power Draw") for line in lines) == 2
-
-    table = sim.smi().stdout
-    assert "NVIDIA GeForce RTX 3090 Ti" in table and "Driver Version: 550.120" in table
-    assert sim.smi("-L").stdout.splitlines()[1] == f"GPU 1: NVIDIA GeForce RTX 4090 (UUID: {UUID_4090})"
 
 
 def test_a_setter_with_a_strict_umask_keeps_the_state_readable(sim: Sim) -> None:
