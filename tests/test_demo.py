@@ -42,6 +42,7 @@ def test_demo_session_trains_and_brings_back_a_usable_adapter(home, tiny_model):
 def test_dry_run_prints_the_plan_and_changes_nothing(home, tiny_model):
     result = run_runner("train", str(DEMO), "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "[localhost]" in result.stdout and "accelerate: NO, 1 process(es)" in result.stdout
+    assert "[localhost]" in result.stdout and "processes: 1 on the CPU (no GPU found), fp32" in result.stdout
+    assert "steps: 40 (train.max_steps; it overrides epochs: 1), about " in result.stdout
     assert "nothing was changed" in result.stdout
     assert not (home / "training").exists() and not (home / "runs").exists()

@@ -13,10 +13,11 @@ from rich.console import Console
 from runner import ledger, playbook
 from runner.cluster import MultiNode, PeerWatch, cluster_hosts
 from runner.credentials import hf_token_file
-from runner.dataset import check_uploaded_dataset, eval_plan
+from runner.dataset import check_uploaded_dataset, eval_plan, uploaded
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
+from runner.plan import data_lines, processes_line
 from runner.playbook import host_answers, run_playbook
 from runner.plot import plot_session
 from runner.progress import FOLLOW_TASK, Progress, host_status
@@ -101,8 +102,13 @@ def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: lis
             out.print(f"  GPU {gpu['index']} {gpu['name']} {gpu['uuid']}: limit {gpu['power_limit_w']:g} W "
                       f"{plan} (allowed {gpu['power_min_w']:g}-{gpu['power_max_w']:g} W)", markup=False)
         cfg = accelerate_config(gpus, port=spec.cluster.port, **(machines.accelerate_inputs(host) if machines else {}))
-        out.print(f"  accelerate: {cfg['distributed_type']}, {cfg['num_processes']} process(es), "
-                  f"mixed precision {cfg['mixed_precision']}", markup=False)
+        processes = int(cfg["num_processes"]) if gpus else 1
+        layout = ({"num_machines": len(cluster), "processes_per_machine": machines.per_machine}
+                  if machines else None)
+        out.print("  " + processes_line(gpus, spec, uploaded(staging.paths, staging.uploads, "model"), processes,
+                                        cfg["mixed_precision"], layout), markup=False)
+        for line in data_lines(spec, staging.paths, staging.uploads, processes):
+            out.print(f"  {line}", markup=False)
         inf = spec.inference
         action = (f"stop {inf.service}, wait for free GPUs, restart and health-check {inf.health_url}"
                   if inf.managed else "none configured" if inf.service is None else f"{inf.service} left running")

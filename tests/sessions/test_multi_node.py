@@ -104,5 +104,5 @@ def test_dry_run_shows_the_machines_and_changes_nothing(provisioned, inventory, 
     assert result.returncode == 0, result.stderr
     assert (f"multi-node: one job on 2 machines, 1 process(es) each; rendezvous on th1 at "
             f"{address(inventory, 'th1')}:29500") in result.stdout
-    assert result.stdout.count("accelerate: MULTI_GPU, 2 process(es)") == 2
+    assert result.stdout.count("processes: 2 in all, 1 on each of 2 machines; ddp, or fsdp where the host") == 2
     assert hosts["th2"].ssh(f"ls -R {SESSIONS}").stdout == before
