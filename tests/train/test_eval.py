@@ -4,6 +4,7 @@ changing nothing."""
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -73,14 +74,19 @@ def adapter_eval_loss(adapter: Path, tiny_model: Path, eval_file: Path) -> float
     return total / tokens
 
 
-def test_patience_stops_early_and_the_best_evaluated_adapter_is_the_final_one(write_config, metrics, tmp_path,
-                                                                            tiny_model):
-    # Answers unlike the training data's: the eval loss first falls (turn endings), then rises as the model fits
+def unlike_eval_file(tmp_path: Path) -> Path:
+    """Answers unlike the training data's: the eval loss first falls (turn endings), then rises as the model fits."""
     records = [json.loads(line) for line in DEMO_DATA.read_text().splitlines()[:12]]
     for record in records:
         record["messages"][-1]["content"] = "QQ ZZ XX"
     eval_file = tmp_path / "unlike.jsonl"
     eval_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return eval_file
+
+
+def test_patience_stops_early_and_the_best_evaluated_adapter_is_the_final_one(write_config, metrics, tmp_path,
+                                                                            tiny_model):
+    eval_file = unlike_eval_file(tmp_path)
     finish(launch(write_config({"max_steps": 40, "save_steps": 100},
                                eval={"dataset": str(eval_file), "every_steps": 2, "patience": 2})))
     records = metrics()
@@ -94,6 +100,41 @@ def test_patience_stops_early_and_the_best_evaluated_adapter_is_the_final_one(wr
     kept = adapter_eval_loss(tmp_path / "output" / "adapter", tiny_model, eval_file)
     assert kept == pytest.approx(best["eval_loss"], abs=1e-4)  # the best step's weights, not the last step's
     assert abs(kept - evals[-1]["eval_loss"]) > 1e-3
+
+
+def test_a_stopped_and_resumed_run_keeps_its_best_evaluation(write_config, metrics, tmp_path):
+    """Stopped after its best evaluation, then resumed: the same evaluations, best step and adapter as a run
+    never stopped (the best so far travels in the checkpoint, its adapter in output/best)."""
+    train, lora = {"max_steps": 30, "save_steps": 100}, {"rank": 8, "alpha": 16, "dropout": 0.1}
+    evaluation = {"dataset": str(unlike_eval_file(tmp_path)), "every_steps": 2}
+    finish(launch(write_config(train, lora=lora, eval=evaluation, output_dir=str(tmp_path / "whole"))))
+    whole = metrics()
+    best_step = whole[-1]["best_step"]
+    assert best_step <= 24  # evaluations after the best one follow, so the stop below comes after it
+    (tmp_path / "metrics.jsonl").unlink()
+
+    config = write_config(train, lora=lora, eval=evaluation)
+    proc = launch(config)
+    deadline = time.monotonic() + 300
+    while not any(e["step"] > best_step for e in events(metrics(), "eval")):
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the evaluation after its best"
+        time.sleep(0.005)
+    (tmp_path / "STOP").touch()
+    finish(proc)
+    stopped = metrics()[-1]
+    assert stopped["event"] == "stopped" and best_step < stopped["step"] < 30
+    (tmp_path / "STOP").unlink()
+    finish(launch(config))
+    resumed = metrics()
+    assert resumed[-1]["event"] == "done" and resumed[-1]["best_step"] == best_step
+    assert resumed[-1]["best_eval_loss"] == pytest.approx(whole[-1]["best_eval_loss"], abs=1e-5)
+    marks = [[(e["step"], e["best"]) for e in events(run, "eval")] for run in (resumed, whole)]
+    assert marks[0] == marks[1]
+    for ours, theirs in zip(events(resumed, "eval"), events(whole, "eval"), strict=True):
+        assert ours["eval_loss"] == pytest.approx(theirs["eval_loss"], abs=1e-5)
+    kept = load_file(tmp_path / "output" / "adapter" / "adapter_model.safetensors")
+    for name, weight in load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors").items():
+        torch.testing.assert_close(kept[name], weight, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_no_eval_section_changes_nothing(write_config, metrics, tmp_path):
