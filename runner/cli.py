@@ -102,6 +102,21 @@ def attach(session: SessionId) -> None:
 
 
 @app.command()
+def clean(
+    session: Annotated[str | None, typer.Argument(metavar="ID", help="A finished session ('runner status').")] = None,
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than", metavar="AGE", help="Every session that ended over AGE ago (7d, 12h, 30m).")] = None,
+    hosts: Hosts = None,
+    inventory: InventoryOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be freed; remove nothing.")] = False,
+) -> None:
+    """Free host space: staged inputs and checkpoints of finished sessions, unused shared models; results stay."""
+    from runner.commands.clean import clean as run_clean
+
+    raise typer.Exit(run_clean(session, older_than, hosts, inventory, dry_run))
+
+
+@app.command()
 def setup(
     hosts: Hosts = None,
     inventory: InventoryOpt = None,

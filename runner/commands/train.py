@@ -14,6 +14,7 @@ from runner import ledger, playbook
 from runner.cluster import MultiNode, PeerWatch, cluster_hosts
 from runner.credentials import hf_token_file
 from runner.dataset import check_uploaded_dataset, eval_plan, uploaded
+from runner.digest import with_digests
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
@@ -273,8 +274,8 @@ def train(job_file: str | None, hosts: str | None, inventory_path: str | None, o
     session_id = new_session_id()
     run_dir = runs_dir() / session_id
     write_plan(run_dir, {"job": {"spec": spec.model_dump(), "paths": staging.paths,
-                                 "base_model_name": base_model_name(spec, Path(job_file))}, "uploads": staging.uploads,
-                         "cluster_hosts": cluster})
+                                 "base_model_name": base_model_name(spec, Path(job_file))},
+                         "uploads": with_digests(staging.uploads), "cluster_hosts": cluster})
     entry = ledger.Entry(session_id, chosen, str(Path(job_file).resolve()),
                          str(inventory.path) if inventory.path else None, time.time(), str(run_dir))
     ledger.record(entry)

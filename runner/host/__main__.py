@@ -12,6 +12,7 @@
   python -m runner.host log DIR [OFFSET]    train.log from OFFSET, as JSON, for `runner logs`
   python -m runner.host power PROFILE       apply the standing or session profile of the power config, read back
   python -m runner.host serve ROOT ACTION   serve a session's fine-tune (apply, request JSON on stdin), list, revert
+  python -m runner.host clean ROOT ACTION   shared model copies, retention, runner clean (see runner/host/clean.py)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.host import inference, lock, nvml, power, preflight, serve
+from runner.host import clean, inference, lock, nvml, power, preflight, serve
 from runner.host.restore import restore
 from runner.host.status import Status
 from runner.host.supervisor import run_session
@@ -176,6 +177,7 @@ COMMANDS = {
     "log": lambda d, extra: print_log(d, int(extra or 0)),
     "pack": lambda d, extra: print(pack(d, extra or "adapter")) or 0,
     "serve": lambda d, extra: serve.main(d, extra or "list"),
+    "clean": lambda d, extra: clean.main(d, extra),
 }
 
 
