@@ -57,13 +57,13 @@ def test_eval_lines_in_metrics_at_every_n_steps_and_at_the_end(write_config, met
     assert not (tmp_path / "output" / "best").exists()  # only the final adapter is left
 
 
-def adapter_eval_loss(adapter: Path, tiny_model: Path, eval_file: Path) -> float:
-    """The loss per response token of an adapter on an eval file, computed here with transformers + PEFT."""
+def adapter_eval_loss(adapter: Path, tiny_model: Path, records: list) -> float:
+    """The loss per response token of an adapter on records, computed here with transformers + PEFT, one by one."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    examples, _ = tokenize_records(read_records(str(eval_file)), "auto", tokenizer, 128)
+    examples, _ = tokenize_records(records, "auto", tokenizer, 128)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter).eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -97,9 +97,20 @@ def test_patience_stops_early_and_the_best_evaluated_adapter_is_the_final_one(wr
     assert [e["best"] for e in evals[-2:]] == [False, False] and done["best_step"] == best["step"] < done["steps"]
     assert stop[0]["best_step"] == best["step"] and stop[0]["patience"] == 2
     assert Path(done["adapter"]) == tmp_path / "output" / "adapter" and not (tmp_path / "output" / "best").exists()
-    kept = adapter_eval_loss(tmp_path / "output" / "adapter", tiny_model, eval_file)
+    kept = adapter_eval_loss(tmp_path / "output" / "adapter", tiny_model, read_records(str(eval_file)))
     assert kept == pytest.approx(best["eval_loss"], abs=1e-4)  # the best step's weights, not the last step's
     assert abs(kept - evals[-1]["eval_loss"]) > 1e-3
+
+
+def test_two_processes_evaluate_every_held_out_example_once(write_config, metrics, tmp_path, tiny_model):
+    """Two DDP ranks share 21 held-out examples unevenly; the loss they agree on is the one-by-one loss."""
+    finish(launch(write_config({"max_steps": 3}, eval={"split": 21}), processes=2))
+    records = metrics()
+    assert records[0]["world_size"] == 2 and records[0]["eval_examples"] == 21
+    (evaluation,) = events(records, "eval")
+    held = hold_out(read_records(str(DEMO_DATA)), 21, seed=0)[1]
+    expected = adapter_eval_loss(tmp_path / "output" / "adapter", tiny_model, held)
+    assert evaluation["step"] == 3 and evaluation["eval_loss"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_a_stopped_and_resumed_run_keeps_its_best_evaluation(write_config, metrics, tmp_path):
