@@ -24,6 +24,7 @@ from runner.plot import plot_session
 from runner.progress import FOLLOW_TASK, Progress, host_status
 from runner.spec import JobSpec, load_spec
 from runner.templates import accelerate_config
+from runner.tensorboard import write_events
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -159,6 +160,9 @@ def summarize(host: str, status: dict, host_dir: Path) -> None:
     plot = plot_session(host_dir) if host_dir.exists() else None
     if plot:
         out.print(f"{host}: plot at {plot}", markup=False)
+    events = write_events(host_dir, host) if host_dir.exists() else None
+    if events:
+        out.print(f"{host}: TensorBoard events in {events.parent}", markup=False)
     if (host_dir / "adapter").exists():
         out.print(f"{host}: adapter at {host_dir / 'adapter'}", markup=False)
 
