@@ -30,20 +30,50 @@ def host_status(event: dict) -> tuple[str, dict] | None:
         return None
 
 
-def progress_line(host: str, status: dict) -> str:
-    """'gpu1  train  step 12/30  loss 5.83  812 tok/s  GPU0 320 W 65 C' from a status.json."""
-    parts = [host, status.get("phase", "starting")]
+def task_started(event: dict) -> tuple[str, str] | None:
+    """(host, task) when a host starts a playbook task: what happens before the host's status.json exists
+    (probing, uploading, starting the supervisor) and after training (restoring, fetching)."""
+    data = event.get("event_data", {})
+    if event.get("event") != "runner_on_start" or not data.get("host") or data.get("task") in FOLLOW_TASKS:
+        return None
+    return data["host"], data.get("task", "")
+
+
+def clock(seconds: float) -> str:
+    """'42 s', '3:05', '1:02:09'."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def progress_line(host: str, status: dict, task: str | None = None) -> str:
+    """'gpu1  train  step 12/30 (40%)  loss 5.83  812 tok/s avg  1:02 in, 1:33 left  GPU0 320 W 65 C' from a
+    status.json; before the host has one (and once it has ended), the playbook task it is on."""
+    running = status.get("outcome") in (None, "running")
+    phase = status.get("phase") if status.get("phase") and running else None
+    parts = [host, phase or task or status.get("phase") or "starting"]
     if status.get("step") is not None:
-        parts.append(f"step {status['step']}/{status.get('total_steps', '?')}")
+        total = status.get("total_steps")
+        share = f" ({100 * status['step'] / total:.0f}%)" if total else ""
+        parts.append(f"step {status['step']}/{total or '?'}{share}")
+    elif phase == "train":
+        parts.append("loading the model and data, sizing the batch" if not status.get("trainer")
+                     else "compiling, waiting for the first step")
     if status.get("loss") is not None:
         parts.append(f"loss {status['loss']:.3f}")
     if status.get("eval_loss") is not None:
         parts.append(f"eval {status['eval_loss']:.3f}")
-    if status.get("tokens_per_s"):
+    if status.get("avg_tokens_per_s"):
+        parts.append(f"{status['avg_tokens_per_s']:,.0f} tok/s avg")
+    elif status.get("tokens_per_s"):
         parts.append(f"{status['tokens_per_s']:,.0f} tok/s")
+    if status.get("elapsed_s") is not None and running:
+        parts.append(f"{clock(status['elapsed_s'])} in, {clock(status.get('eta_s') or 0)} left")
     for i, gpu in enumerate(status.get("gpus") or []):
         parts.append(f"GPU{i} {gpu.get('power_w', 0):.0f} W {gpu.get('temperature_c') or 0:.0f} C")
-    if status.get("outcome") not in (None, "running"):
+    if not running:
         parts.append(status["outcome"])
     return "  ".join(parts)
 
@@ -101,6 +131,7 @@ class Progress:
     def __init__(self, hosts: list[str], console: Console | None = None):
         self.console = console or Console(stderr=True, soft_wrap=True)
         self.status: dict[str, dict] = {h: {} for h in hosts}
+        self.tasks: dict[str, str] = {}
         self.shown_phases: set = set()
         self.last_printed: dict[str, tuple[str, float]] = {}
         self.live: Live | None = None
@@ -131,14 +162,23 @@ class Progress:
         for index, line in enumerate(out_of_memory_lines(host, status, shown)):
             self.shown_phases.add((host, "oom", shown + index))
             self.console.print(line, markup=False, highlight=False)
+        self._draw(host)
+
+    def task(self, host: str, name: str) -> None:
+        """The playbook task HOST is on (shown while its status.json says nothing newer)."""
+        if host in self.status:
+            self.tasks[host] = name
+            self._draw(host)
+
+    def _draw(self, host: str) -> None:
         if self.live:
             self.live.update(self._render())
             return
-        line = progress_line(host, status)
+        line = progress_line(host, self.status[host], self.tasks.get(host))
         previous, at = self.last_printed.get(host, ("", 0.0))
         if line != previous and time.monotonic() - at >= PRINT_EVERY_S:
             self.console.print(line, markup=False, highlight=False)
             self.last_printed[host] = (line, time.monotonic())
 
     def _render(self) -> Text:
-        return Text("\n".join(progress_line(h, s) for h, s in self.status.items()))
+        return Text("\n".join(progress_line(h, s, self.tasks.get(h)) for h, s in self.status.items()))

@@ -21,7 +21,7 @@ from runner.paths import runs_dir
 from runner.plan import data_lines, processes_line
 from runner.playbook import host_answers, run_playbook
 from runner.plot import plot_session
-from runner.progress import FOLLOW_TASK, Progress, host_status
+from runner.progress import FOLLOW_TASK, Progress, host_status, task_started
 from runner.spec import JobSpec, load_spec
 from runner.templates import accelerate_config
 from runner.tensorboard import write_events
@@ -209,6 +209,8 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resu
     peers = PeerWatch(inventory, entry.hosts, entry.id) if plan.get("cluster_hosts") else None
 
     def on_event(event: dict) -> None:
+        if started := task_started(event):
+            progress.task(*started)
         found = host_status(event)
         if not found:
             return

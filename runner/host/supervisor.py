@@ -22,6 +22,8 @@ from runner.host.telemetry import Telemetry, WatchdogLimits
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130
 RUNNER_STOP = "stop requested ('runner stop')"
+# What each step record of metrics.jsonl gives status.json: progress, and the pace a user plans by
+PROGRESS_KEYS = ("step", "total_steps", "loss", "tokens_per_s", "avg_tokens_per_s", "elapsed_s", "eta_s")
 STOP_GRACE_S = 600  # how long a stopping trainer may take to checkpoint before it is terminated
 
 
@@ -275,7 +277,7 @@ class Session:
     def _take_metric(self, record: dict) -> None:
         event = record.get("event")
         if event is None:
-            progress = {k: record[k] for k in ("step", "total_steps", "loss", "tokens_per_s") if k in record}
+            progress = {k: record[k] for k in PROGRESS_KEYS if k in record}
             self.status.append("losses", [record.get("step"), record.get("loss")])
             self.status.update(**progress)
         elif event == "start":
@@ -320,7 +322,8 @@ class Session:
             "duration_s": (data.get("ended") or time.time()) - data["started"],
             "train_s": (train.get("ended") or 0) - (train.get("started") or 0) if train else 0,
             "final_loss": data.get("loss"),
-            "tokens_per_s": data.get("tokens_per_s"),
+            "tokens_per_s": data.get("avg_tokens_per_s") or data.get("tokens_per_s"),  # over the run
+            "last_tokens_per_s": data.get("tokens_per_s"),
             "gpu_peaks": data.get("gpu_peaks", {}),
         }
         restore_info = data.get("restore", {})

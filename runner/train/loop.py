@@ -19,7 +19,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from .config import TrainSettings
 from .evaluation import BEST_DIR, Evaluation, promote_best
-from .metrics import Metrics
+from .metrics import Metrics, Pace
 from .packing import BatchPlan, collate_packed, collate_padded, pack_best_fit
 from .sizing import apply_checkpointing
 
@@ -145,6 +145,7 @@ class Trainer:
         if self._agreed_stop(torch.zeros((), device=self.accelerator.device))[1]:
             return self._stopped(checkpoint=None)
         last_time, tokens = time.perf_counter(), 0
+        pace = Pace(self.step, self.steps)
         while self.step < self.steps:
             loss_sum = self._train_step_recovering()
             tokens += self.plan.step_input_tokens(self.step)
@@ -159,6 +160,7 @@ class Trainer:
                 self.scheduler.get_last_lr()[0],
                 tokens / (now - last_time),
                 self.step / self.plan.steps_per_epoch,
+                pace.fields(self.step, tokens),
             )
             last_time, tokens = now, 0
             if self.evaluation and self.evaluation.due(self.step) and self.step < self.steps:

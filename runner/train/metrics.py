@@ -21,6 +21,23 @@ def setup_logging(is_main: bool) -> None:
     log.propagate = False
 
 
+class Pace:
+    """The run's pace, for a user planning by it: tokens/s averaged over this run of the trainer (from its first
+    step's start, so warm-up, evaluations and checkpoints count, as they do for the user) instead of the last
+    step's, which swings; the time so far and the time left at that pace."""
+
+    def __init__(self, start_step: int, total_steps: int) -> None:
+        self.started, self.start_step, self.total_steps, self.tokens = time.perf_counter(), start_step, total_steps, 0
+
+    def fields(self, step: int, tokens: int) -> dict[str, float]:
+        """After STEP, which took TOKENS input tokens: avg_tokens_per_s, elapsed_s, eta_s."""
+        self.tokens += tokens
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        per_step = elapsed / max(step - self.start_step, 1)
+        return {"avg_tokens_per_s": round(self.tokens / elapsed, 1), "elapsed_s": round(elapsed, 1),
+                "eta_s": round(per_step * (self.total_steps - step), 1)}
+
+
 class Metrics:
     def __init__(self, path: str | None, enabled: bool) -> None:
         self.path = Path(path) if path and enabled else None
@@ -31,7 +48,9 @@ class Metrics:
         self._write({"event": name, **fields})
         log.info("%s %s", name, " ".join(f"{k}={v}" for k, v in fields.items()))
 
-    def step(self, step: int, total_steps: int, loss: float, lr: float, tokens_per_s: float, epoch: float) -> None:
+    def step(self, step: int, total_steps: int, loss: float, lr: float, tokens_per_s: float, epoch: float,
+             pace: dict[str, float] | None = None) -> None:
+        """One optimizer step; PACE (Pace.fields) adds the run's average speed, the time so far and the time left."""
         self._write(
             {
                 "step": step,
@@ -40,17 +59,12 @@ class Metrics:
                 "lr": lr,
                 "tokens_per_s": round(tokens_per_s, 1),
                 "epoch": round(epoch, 4),
+                **(pace or {}),
             }
         )
-        log.info(
-            "step %d/%d loss %.4f lr %.3g %.0f tokens/s epoch %.2f",
-            step,
-            total_steps,
-            loss,
-            lr,
-            tokens_per_s,
-            epoch,
-        )
+        eta = f" avg {pace['avg_tokens_per_s']:.0f} tokens/s, {pace['eta_s']:.0f} s left" if pace else ""
+        log.info("step %d/%d loss %.4f lr %.3g %.0f tokens/s epoch %.2f%s", step, total_steps, loss, lr, tokens_per_s,
+                 epoch, eta)
 
     def eval(self, step: int, eval_loss: float, eval_tokens: int, best: bool) -> None:
         """One evaluation: the mean loss per response token of the evaluation examples; best: the lowest so far."""

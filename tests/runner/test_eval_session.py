@@ -13,7 +13,7 @@ from runner.progress import progress_line
 def test_the_progress_line_and_status_text_show_the_eval_loss():
     state = {"phase": "train", "step": 6, "total_steps": 40, "loss": 2.5, "eval_loss": 2.75, "best_eval_loss": 2.7,
              "best_step": 4}
-    assert "step 6/40  loss 2.500  eval 2.750" in progress_line("gpu1", state)
+    assert "step 6/40 (15%)  loss 2.500  eval 2.750" in progress_line("gpu1", state)
     assert eval_words(state) == ", eval loss 2.7500 (best 2.7000 at step 4)"
     assert "eval" not in progress_line("gpu1", {"phase": "train", "step": 6, "loss": 2.5}) + eval_words({})
 

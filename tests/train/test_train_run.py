@@ -21,7 +21,11 @@ def test_single_process_trains_and_writes_the_contract(write_config, metrics, tm
     assert start["event"] == "start" and start["world_size"] == 1 and start["total_steps"] == 6
     assert start["packing"] is True and start["precision"] == "no" and start["strategy"] == "single"
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
-    assert set(steps[0]) == {"step", "total_steps", "loss", "lr", "tokens_per_s", "epoch", "time"}
+    assert set(steps[0]) == {"step", "total_steps", "loss", "lr", "tokens_per_s", "epoch", "time",
+                             "avg_tokens_per_s", "elapsed_s", "eta_s"}
+    # the pace over the run: time so far only grows, the time left reaches 0 at the last step
+    assert [s["elapsed_s"] for s in steps] == sorted(s["elapsed_s"] for s in steps) and steps[-1]["eta_s"] == 0
+    assert all(s["avg_tokens_per_s"] > 0 for s in steps)
     assert steps[-1]["loss"] < steps[0]["loss"]
     assert done["event"] == "done" and done["steps"] == 6 and done["final_loss"] == pytest.approx(steps[-1]["loss"])
     adapter = Path(done["adapter"])
