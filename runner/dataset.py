@@ -16,13 +16,13 @@ from runner.train.probe import check_data
 
 
 def uploaded(paths: dict[str, str], uploads: list[dict], what: str) -> str | None:
-    """The controller path of an uploaded file ('dataset', 'eval_dataset'); None when it is not uploaded."""
+    """The controller path of an uploaded file ('dataset', 'eval.dataset'); None when it is not uploaded."""
     return next((u["src"].rstrip("/") for u in uploads if what in paths and u["dest"] == paths[what]), None)
 
 
 def check_uploaded_dataset(spec: JobSpec, paths: dict[str, str], uploads: list[dict]) -> str | None:
     """What the local dataset holds (formats, records checked); None when the dataset is not uploaded."""
-    local, eval_local = uploaded(paths, uploads, "dataset"), uploaded(paths, uploads, "eval_dataset")
+    local, eval_local = uploaded(paths, uploads, "dataset"), uploaded(paths, uploads, "eval.dataset")
     settings = trainer_settings(spec.model_dump())
     try:
         if eval_local:
@@ -51,7 +51,7 @@ def eval_plan(spec: JobSpec, paths: dict[str, str], uploads: list[dict]) -> str 
         held = f"{held_out_count(ev.split, total)} of {total} records" if total else f"{ev.split} of the records"
         what = f"{held} held out of the dataset (drawn by train.seed {spec.train.seed})"
     else:
-        what = f"{ev.dataset}" + (" (uploaded)" if uploaded(paths, uploads, "eval_dataset") else " (read on the host)")
+        what = f"{ev.dataset}" + (" (uploaded)" if uploaded(paths, uploads, "eval.dataset") else " (read on the host)")
     when = f"every {ev.every_steps} steps and at the end" if ev.every_steps else "at the end"
     stop = f"; stops after {ev.patience} evaluations without a lower loss" if ev.patience else ""
     return f"eval: {what}, {when}{stop}; the adapter is the best evaluated one"

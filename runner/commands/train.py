@@ -57,17 +57,16 @@ def stage(spec: JobSpec, job_file: Path, inventory: Inventory) -> Staging:
     paths, uploads = {}, []
     wanted = [("dataset", spec.dataset, "file"), ("model", spec.model, "dir")]
     if spec.eval and spec.eval.dataset:
-        wanted.append(("eval_dataset", spec.eval.dataset, "file"))
+        wanted.append(("eval.dataset", spec.eval.dataset, "file"))
     for what, value, kind in wanted:
         local = is_local(value, base)
         if local is None:
             paths[what] = value
             continue
         if not local.exists():
-            key = what.replace("_", ".")
-            raise UsageError(f"{key} {value}: no such {kind} (looked in {local.parent}). Fix '{key}' "
+            raise UsageError(f"{what} {value}: no such {kind} (looked in {local.parent}). Fix '{what}' "
                              "in the job file; a path on the host must be absolute.")
-        dest = {"dataset": f"data/{local.name}", "eval_dataset": f"data/eval-{local.name}"}.get(what, "model")
+        dest = {"dataset": f"data/{local.name}", "eval.dataset": f"data/eval-{local.name}"}.get(what, "model")
         uploads.append({"src": str(local) + ("/" if local.is_dir() else ""), "dest": dest})
         paths[what] = dest
     return Staging(paths, uploads)

@@ -51,7 +51,7 @@ def eval_settings(job: dict) -> dict:
     """The spec's eval section, its separate file (if any) where the host has it."""
     ev = dict(job["spec"]["eval"])
     if ev.get("dataset"):
-        ev["dataset"] = job["paths"]["eval_dataset"]
+        ev["dataset"] = job["paths"]["eval.dataset"]
     return ev
 
 

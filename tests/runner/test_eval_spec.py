@@ -54,7 +54,7 @@ def test_an_eval_file_is_uploaded_and_handed_to_the_trainer(home):
     staging = stage(spec, home / "job.yaml", load_inventory(None))
     assert {"src": str(home / "eval.jsonl"), "dest": "data/eval-eval.jsonl"} in staging.uploads
     session = home / "session"
-    config = trainer_config({"spec": spec.model_dump(), "paths": {**staging.paths, "eval_dataset": "/s/data/e.jsonl"}},
+    config = trainer_config({"spec": spec.model_dump(), "paths": {**staging.paths, "eval.dataset": "/s/data/e.jsonl"}},
                             session)
     assert config["eval"] == {"split": None, "dataset": "/s/data/e.jsonl", "every_steps": 2, "patience": None}
     assert "eval" not in trainer_config({"spec": load_spec(REPO / "examples" / "demo.yaml").model_dump(),
