@@ -57,18 +57,19 @@ def target(session_id: str | None, older_than: str | None, hosts: str | None,
     return inventory, chosen, {"sessions": [session_id]}
 
 
-def ask(inventory: Inventory, hosts: list[str], request: dict) -> dict[str, dict]:
-    """Each host's answer; a running session named refuses (exit 3), any other failure is exit 1."""
+def ask(inventory: Inventory, hosts: list[str], request: dict) -> tuple[dict[str, dict], RunnerError | None]:
+    """Each host's answer, and what failed: a running session named refuses (exit 3), anything else is exit 1."""
     answers, run = host_answers("clean", inventory, hosts, (TASK,), {"train_session_clean": request},
                                 raise_on_failure=False)
     refused = {h: f for h, f in run.failures.items() if f.startswith("refused: ")}
     if refused:
         host, why = next(iter(refused.items()))
-        raise Refused(f"{host}: {why.removeprefix('refused: ')}. Nothing was removed.")
+        return answers, Refused(f"{host}: {why.removeprefix('refused: ')}. Nothing was removed.")
     if run.failures:
         detail = "; ".join(f"{h}: {f}" for h, f in run.failures.items())
-        raise RunnerError(f"runner clean failed on {', '.join(run.failures)}: {detail} (full log: {run.artifacts})")
-    return answers
+        return answers, RunnerError(f"runner clean failed on {', '.join(run.failures)}: {detail} "
+                                    f"(full log: {run.artifacts})")
+    return answers, None
 
 
 def report(host: str, answer: dict) -> None:
@@ -88,9 +89,13 @@ def clean(session_id: str | None, older_than: str | None, hosts: str | None, inv
           dry_run: bool) -> int:
     inventory, chosen, request = target(session_id, older_than, hosts, inventory_path)
     if len(chosen) > 1 and session_id and not dry_run:
-        ask(inventory, chosen, {**request, "dry_run": True})  # refused on one host: nothing removed on any
-    answers = ask(inventory, chosen, {**request, "dry_run": dry_run})
+        _, failed = ask(inventory, chosen, {**request, "dry_run": True})
+        if failed:
+            raise failed  # refused on one host: nothing removed on any
+    answers, failed = ask(inventory, chosen, {**request, "dry_run": dry_run})
     for host in chosen:
         if host in answers:
-            report(host, answers[host])
+            report(host, answers[host])  # what the hosts that answered freed, also when another failed
+    if failed:
+        raise failed
     return EXIT_OK

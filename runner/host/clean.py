@@ -149,6 +149,8 @@ def unused_copies(root: Path, leaving: set[Path] = frozenset()) -> list[dict]:
 
 
 def remove_unused_copies(root: Path) -> list[dict]:
+    if not store(root).is_dir():
+        return []  # a host without shared copies gets no store folder from cleaning
     with store_lock(root):  # no session links to a copy while we decide and remove
         gone = unused_copies(root)
         for copy in gone:

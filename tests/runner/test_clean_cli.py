@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_runner
 
-from runner import digest
+from runner import digest, ledger
+from runner.host.lock import HostLock
 
 DEMO = str(REPO / "examples" / "demo.yaml")
 SHORT = ("--set", "train.max_steps=6", "--set", "train.save_steps=3")
@@ -104,6 +105,58 @@ def test_sessions_share_one_model_copy_and_clean_frees_it_but_never_a_running_se
         assert (root / "sessions" / session / "output" / "adapter" / "adapter_model.safetensors").exists()
     assert (home / "runs" / s1 / "localhost" / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads(run_runner("status", "--json").stdout)[-1]["outcome"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_retention_zero_drops_the_staged_copy_as_the_session_ends(home, tiny_model):
+    """train_session_keep_days from the inventory: 0 leaves no model on the host once the session ended."""
+    inventory = home / "inventory.ini"
+    inventory.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable} "
+                         f"train_session_python={sys.executable} train_session_keep_days=0\n")
+    done = run_runner("train", DEMO, *SHORT, "-i", str(inventory))
+    assert done.returncode == 0, done.stderr
+    session_dir = home / "training" / "sessions" / session_of(done)
+    assert weights_on_host(home / "training") == [] and not (session_dir / "data").exists()
+    assert (session_dir / "model" / "config.json").exists() and not (session_dir / "model").is_symlink()
+    assert list((session_dir / "output").glob("checkpoint-*"))  # retention keeps what a resume needs
+    assert (home / "runs" / session_of(done) / "localhost" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def fake_session(root: Path, session: str) -> Path:
+    """A finished session's folder as staging and the trainer leave it (a dataset, a checkpoint, results)."""
+    session_dir = root / "sessions" / session
+    for name in ("data", "output/checkpoint-5", "output/adapter"):
+        (session_dir / name).mkdir(parents=True)
+    (session_dir / "data" / "train.jsonl").write_text('{"text": "hi"}\n' * 1000)
+    (session_dir / "output" / "checkpoint-5" / "optimizer.pt").write_bytes(b"o" * 100_000)
+    (session_dir / "job.json").write_text(json.dumps({"paths": {"model": "/opt/m", "dataset": "data/train.jsonl"}}))
+    (session_dir / "status.json").write_text(json.dumps({"outcome": "interrupted", "ended": time.time() - 60}))
+    return session_dir
+
+
+def test_a_session_running_on_one_of_its_hosts_is_refused_with_nothing_removed_on_any(home):
+    """Two hosts (two roots on this machine): the session was resumed on b and runs there."""
+    python = sys.executable
+    inventory = home / "two.ini"
+    inventory.write_text("".join(f"{h} ansible_connection=local ansible_python_interpreter={python} "
+                                 f"train_session_python={python} train_session_root={home}/{h}\n" for h in "ab"))
+    dirs = {h: fake_session(home / h, "S1") for h in "ab"}
+    ledger.record(ledger.Entry("S1", ["a", "b"], str(home / "job.yaml"), str(inventory), time.time(), str(home)))
+    before = {h: sorted(p.relative_to(d) for p in d.rglob("*")) for h, d in dirs.items()}
+    with HostLock(home / "b" / "session.lock", "S1"):
+        refused = run_runner("clean", "S1")
+    assert refused.returncode == 3
+    assert refused.stderr.strip().splitlines() == [
+        "Error: b: session S1 is running on this host; stop it with 'runner stop S1' or wait for it to end. "
+        "Nothing was removed."]
+    assert {h: sorted(p.relative_to(d) for p in d.rglob("*")) for h, d in dirs.items()} == before
+
+    cleaned = run_runner("clean", "S1")
+    assert cleaned.returncode == 0, cleaned.stderr
+    for host, session_dir in dirs.items():
+        assert f"{host}: session S1: data/, output/checkpoint-5/ (" in cleaned.stdout
+        assert not (session_dir / "data").exists() and (session_dir / "output" / "adapter").is_dir()
+        assert not (home / host / "models").exists()
 
 
 def test_clean_needs_a_session_or_an_age(home):
