@@ -132,3 +132,10 @@ def test_the_card_gives_the_eval_loss_and_the_step_the_adapter_holds(write_confi
     assert rows["eval examples"] == "20" and rows["examples trained on"].startswith("178 ")
     assert rows["dataset records"] == "198"  # the whole file: 178 trained on, 20 held out
     assert base_of(tmp_path / "output" / "adapter") == str(DEMO_DATA.parents[1] / "models" / "tiny-chat")
+
+
+def test_the_card_counts_every_process_of_the_job(write_config, tmp_path):
+    finish(launch(write_config({"max_steps": 2}, base_model_name="acme/tiny-chat-base"), processes=2))
+    _, rows = card_of(tmp_path / "output" / "adapter")
+    assert rows["processes"] == "2" and rows["devices"] == f"2 × cpu on {socket.gethostname()}"
+    assert rows["strategy"] == "ddp" and base_of(tmp_path / "output" / "adapter") == "acme/tiny-chat-base"
