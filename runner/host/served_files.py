@@ -77,8 +77,11 @@ def check_mergeable(adapter: Adapter, free_disk_b: int | None = None) -> Path:
         method = config["quantization_config"].get("quant_method", "quantized")
         raise ServeRefused(f"the base {base} is stored {method}; merging onto quantized weights loses the "
                            "fine-tune: point the job at the unquantized (bf16/fp16) base")
-    size_b = sum(f.stat().st_size for f in base.glob("*.safetensors")) or sum(
-        f.stat().st_size for f in base.iterdir() if f.is_file())
+    weights = list(base.glob("*.safetensors"))  # what the merge loads (use_safetensors)
+    if not weights:
+        raise ServeRefused(f"merge needs the base model's weights; {base} has none here (its staged copy went with "
+                           "'runner clean' or train_session_keep_days): serve the adapter on the same model instead")
+    size_b = sum(f.stat().st_size for f in weights)
     SERVE_ROOT.mkdir(parents=True, exist_ok=True)
     free_b = shutil.disk_usage(SERVE_ROOT).free if free_disk_b is None else free_disk_b
     if free_b < size_b * 1.1:

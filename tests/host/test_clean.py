@@ -203,3 +203,16 @@ def test_a_session_staged_before_the_store_loses_its_own_copy(root, model):
     assert answer["freed_bytes"] >= WEIGHTS_B
     assert sorted(p.name for p in (session / "model").iterdir()) == [clean.STUB_MARKER, "config.json",
                                                                       "tokenizer_config.json"]
+
+
+def test_a_cleaned_session_still_serves_its_adapter_on_the_same_model_and_refuses_a_merge(root, model):
+    """The stub a dropped model leaves is what `runner serve` reads: the model's config, never its weights."""
+    from runner.host import adapter_checks, served_files
+    from runner.host.serve_errors import ServeRefused
+
+    session = stage(root, "S1", model)
+    run_host(root, "clean", {"sessions": ["S1"]})
+    base = adapter_checks.trained_on(session, {})
+    assert base == str(session / "model") and adapter_checks.same_model(base, str(model))
+    with pytest.raises(ServeRefused, match=r"merge needs the base model's weights; .* has none here"):
+        served_files.check_mergeable(adapter_checks.Adapter(session / "output" / "adapter", 8, 8, base, ()))
