@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from runner.train.mixing import mix_line
+
 # The tasks whose every retry reports a host's status.json (multi-node jobs wait for every host first)
 FOLLOW_TASK = "Follow the session"
 FOLLOW_TASKS = (FOLLOW_TASK, "Wait until every host is ready")
@@ -30,13 +32,30 @@ def host_status(event: dict) -> tuple[str, dict] | None:
         return None
 
 
+# The playbook's long tasks, in the user's words (by the start of the task's name; display only: a renamed task
+# just goes unmentioned). Other tasks are quick, or skipped, and are not shown.
+TASK_WORDS = (
+    ("Probe the host", "probing the host"),
+    ("Check the job on the host", "checking the job, model and data on the host"),
+    ("Upload local files", "uploading the job's local files"),
+    ("Render the accelerate config", "rendering the accelerate config"),
+    ("Start the session", "starting the session"),
+    ("Restore the host", "restoring the host"),
+    ("Pack the results", "packing the results"),
+    ("Fetch the results", "fetching the results"),
+    ("Drop the staged inputs", "removing old sessions' staged inputs"),
+)
+
+
 def task_started(event: dict) -> tuple[str, str] | None:
-    """(host, task) when a host starts a playbook task: what happens before the host's status.json exists
-    (probing, uploading, starting the supervisor) and after training (restoring, fetching)."""
+    """(host, words) when a host starts one of the playbook's long tasks: what happens before the host's
+    status.json exists (probing, uploading, starting the supervisor) and after training (restoring, fetching)."""
     data = event.get("event_data", {})
-    if event.get("event") != "runner_on_start" or not data.get("host") or data.get("task") in FOLLOW_TASKS:
+    if event.get("event") != "runner_on_start" or not data.get("host"):
         return None
-    return data["host"], data.get("task", "")
+    task = data.get("task") or ""
+    words = next((words for prefix, words in TASK_WORDS if task.startswith(prefix)), None)
+    return (data["host"], words) if words else None
 
 
 def clock(seconds: float) -> str:
@@ -102,6 +121,8 @@ def data_line(host: str, status: dict) -> str | None:
                      f"with the response beyond max_seq_len {start.get('max_seq_len')})")
     if start.get("truncated_examples"):
         parts.append(f"{start['truncated_examples']} truncated to max_seq_len")
+    if start.get("data_mix"):
+        parts.append(f"mix: {mix_line(start['data_mix'])}")
     return "; ".join(parts)
 
 

@@ -14,20 +14,22 @@ def test_the_line_says_percent_average_speed_and_time_left():
 
 
 def test_no_silent_gaps_before_the_first_step():
-    assert progress_line("gpu1", {}, "Upload local files the host does not have yet") == \
-        "gpu1  Upload local files the host does not have yet"
+    assert progress_line("gpu1", {}, "uploading the job's local files") == "gpu1  uploading the job's local files"
     loading = {"phase": "train", "outcome": "running"}
     assert progress_line("gpu1", loading, "Follow") == "gpu1  train  loading the model and data, sizing the batch"
     started = {**loading, "trainer": {"examples": 198}}
     assert progress_line("gpu1", started) == "gpu1  train  compiling, waiting for the first step"
-    event = {"event": "runner_on_start", "event_data": {"host": "gpu1", "task": "Probe the host"}}
-    assert task_started(event) == ("gpu1", "Probe the host")
-    assert task_started({"event": "runner_on_start", "event_data": {"host": "gpu1", "task": "Follow the session"}}) \
-        is None
+    def start(task: str) -> dict:
+        return {"event": "runner_on_start", "event_data": {"host": "gpu1", "task": task}}
+
+    upload = "Upload local files the host does not have yet (dataset; a model on its first use there)"
+    assert task_started(start(upload)) == ("gpu1", "uploading the job's local files")
+    for quiet in ("Follow the session", "Refuse the multi-node job when a host dropped out", "Keep the facts"):
+        assert task_started(start(quiet)) is None  # quick or often skipped: not worth a line
     progress = Progress(["gpu1"])
-    progress.task("gpu1", "Probe the host")
-    progress.task("stranger", "Probe the host")  # not one of the session's hosts: ignored
-    assert progress._render().plain == "gpu1  Probe the host"
+    progress.task("gpu1", "probing the host")
+    progress.task("stranger", "probing the host")  # not one of the session's hosts: ignored
+    assert progress._render().plain == "gpu1  probing the host"
 
 
 def test_clock():
