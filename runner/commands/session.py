@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from runner import ledger
 from runner.commands.train import follow_session
@@ -42,37 +42,75 @@ def refresh(entry: ledger.Entry) -> dict[str, dict]:
     return live
 
 
+PROGRESS_FIELDS = ("phase", "step", "total_steps", "loss", "avg_tokens_per_s", "elapsed_s", "eta_s", "error")
+
+
+def fetched(entry: ledger.Entry) -> dict[str, dict]:
+    """The status.json each host's results brought into the run folder (the final word on a finished session)."""
+    found = {}
+    for host in entry.hosts:
+        path = Path(entry.run_dir) / host / "status.json"
+        if path.exists():
+            found[host] = json.loads(path.read_text())
+    return found
+
+
+def states(entry: ledger.Entry, asked: bool) -> dict[str, dict]:
+    """Each host's state: live from the hosts while the session runs (or when its run folder lacks a host's
+    results), else from the run folder, which needs no round trip to the hosts."""
+    if entry.outcome != "running":
+        known = fetched(entry)
+        if len(known) == len(entry.hosts):
+            return known
+    return {**fetched(entry), **refresh(entry)} if asked or entry.outcome == "running" else {}
+
+
+def minutes(stamp: str | None) -> str:
+    """'2026-12-03 03:16' of the ledger's ISO time ('' for none): the table fits a terminal."""
+    return stamp[:16].replace("T", " ") if stamp else ""
+
+
+def loss_text(loss: float | None) -> str:
+    return "-" if loss is None else f"{loss:.4f}"
+
+
+def progress_fields(state: dict) -> dict:
+    """What `status --json` says of a host: outcome, phase, step, loss, pace, restore."""
+    return {"outcome": state.get("outcome"), **{k: state[k] for k in PROGRESS_FIELDS if state.get(k) is not None},
+            "restore_ok": (state.get("restore") or {}).get("ok")}
+
+
 def status(session_id: str | None, as_json: bool) -> int:
     entries = [ledger.get(session_id)] if session_id else ledger.sessions()
-    live = {}
-    for entry in entries:
-        if entry.outcome == "running" or session_id:
-            live[entry.id] = refresh(entry)
+    live = {entry.id: states(entry, asked=bool(session_id)) for entry in entries}
     if as_json:
-        out.print_json(json.dumps([{**e.public(), **eval_fields(e, live.get(e.id, {}))} for e in entries]))
+        listed = []
+        for entry in entries:
+            by_host = {host: progress_fields(state) for host, state in live[entry.id].items()}
+            first = next(iter(by_host.values()), {})
+            listed.append({**entry.public(), **{k: first.get(k) for k in ("step", "total_steps", "loss")},
+                           "by_host": by_host, **eval_fields(entry, live[entry.id])})
+        out.print_json(json.dumps(listed))
         return EXIT_OK
-    table = Table("id", "hosts", "outcome", "started", "ended")
+    table = Table(*(Column(name, no_wrap=True) for name in ("id", "hosts", "outcome", "started", "ended")))
     for entry in entries:
         public = entry.public()
-        table.add_row(entry.id, ", ".join(entry.hosts), entry.outcome, public["started"], public["ended"] or "")
-    out.print(table)
+        table.add_row(entry.id, ", ".join(entry.hosts), entry.outcome, minutes(public["started"]),
+                      minutes(public["ended"]))
+    (out if out.is_terminal else Console(width=200)).print(table)  # piped: whole ids, never folded to 80
     for host, state in live.get(session_id, {}).items():
         restore = state.get("restore", {})
         out.print(f"{host}: {state.get('outcome')} in {state.get('phase')}, step {state.get('step')}/"
-                  f"{state.get('total_steps')}, loss {state.get('loss')}, restore "
+                  f"{state.get('total_steps')}, loss {loss_text(state.get('loss'))}, restore "
                   f"{'ok' if restore.get('ok') else restore or 'not yet'}" + eval_words(state), markup=False)
     return EXIT_OK
 
 
-def eval_fields(entry: ledger.Entry, live: dict[str, dict]) -> dict:
+def eval_fields(entry: ledger.Entry, states: dict[str, dict]) -> dict:
     """Where the job evaluates: eval_loss (latest), best_eval_loss and best_step (the first host's), and each host's
-    under eval_by_host; from the hosts' live status, else the status.json fetched into the run folder."""
-    by_host = {}
-    for host in entry.hosts:
-        fetched = Path(entry.run_dir) / host / "status.json"
-        state = live.get(host) or (json.loads(fetched.read_text()) if fetched.exists() else {})
-        if state.get("eval_loss") is not None:
-            by_host[host] = {k: state.get(k) for k in ("eval_loss", "best_eval_loss", "best_step")}
+    under eval_by_host, from the hosts' states (live, else fetched into the run folder)."""
+    by_host = {host: {k: state.get(k) for k in ("eval_loss", "best_eval_loss", "best_step")}
+               for host, state in states.items() if state.get("eval_loss") is not None}
     return {**next(iter(by_host.values())), "eval_by_host": by_host} if by_host else {}
 
 
