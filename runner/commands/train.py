@@ -16,6 +16,7 @@ from runner.credentials import hf_token_file
 from runner.dataset import check_uploaded_dataset, eval_plan, uploaded
 from runner.digest import with_digests
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
+from runner.interrupt import Interrupt
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
 from runner.plan import data_lines, processes_line
@@ -167,14 +168,13 @@ def summarize(host: str, status: dict, host_dir: Path) -> None:
 
 
 def exit_code(results: dict[str, dict]) -> int:
-    outcomes = [r.get("outcome") for r in results.values()]
+    """The exit code for the session's one outcome, as the ledger records it (ledger.overall)."""
+    outcome = ledger.overall({host: r.get("outcome") or "failed" for host, r in results.items()})
     restores_ok = all(r.get("restore", {}).get("ok", True) for r in results.values())
-    if outcomes and all(o == "succeeded" for o in outcomes) and restores_ok:
-        return EXIT_OK
-    if "refused" in outcomes and restores_ok and all(o in ("refused", "succeeded") for o in outcomes):
-        return EXIT_REFUSED
-    if "interrupted" in outcomes:
+    if outcome == "interrupted":
         return EXIT_INTERRUPTED
+    if restores_ok and outcome in ("succeeded", "refused"):
+        return EXIT_OK if outcome == "succeeded" else EXIT_REFUSED
     return EXIT_FAILED
 
 
@@ -207,6 +207,9 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resu
     }
     peers = PeerWatch(inventory, entry.hosts, entry.id) if plan.get("cluster_hosts") else None
 
+    progress = Progress(entry.hosts)
+    interrupt = Interrupt(inventory, entry.hosts, entry.id, progress.console, lambda: progress.status)
+
     def on_event(event: dict) -> None:
         if started := task_started(event):
             progress.task(*started)
@@ -217,13 +220,28 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resu
         if peers and event["event_data"]["task"] == FOLLOW_TASK:  # once training; before, the barrier decides
             peers.update(*found)
 
-    try:
-        with Progress(entry.hosts) as progress, hf_token_file() as token_file:
-            extravars["train_session_hf_token_file"] = token_file
-            run = run_playbook("train", inventory, entry.hosts, extravars, on_event=on_event, raise_on_failure=False,
-                               secret_files=(token_file,) if token_file else ())
-    except KeyboardInterrupt:
-        return stop_after_interrupt(entry, inventory)
+    with interrupt.caught():  # Ctrl-C asks the hosts to stop; the playbook follows on to the outcome they report
+        try:
+            with progress, hf_token_file() as token_file:
+                extravars["train_session_hf_token_file"] = token_file
+                run = run_playbook("train", inventory, entry.hosts, extravars, on_event=on_event,
+                                   raise_on_failure=False, secret_files=(token_file,) if token_file else ())
+        except KeyboardInterrupt:  # the second Ctrl-C: the hosts finish the stop on their own
+            err.print(interrupt.leave(), markup=False)
+            return EXIT_INTERRUPTED
+        interrupt.playbook_done.set()
+        code = record_outcome(entry, run, plan, before, resume, peers)
+    if interrupt.requested.is_set() and code == EXIT_OK:
+        err.print("The session had finished before the stop took effect.", markup=False)
+    if code == EXIT_INTERRUPTED:
+        err.print(f"Resume with: runner train --resume {entry.id}", markup=False)
+    return code
+
+
+def record_outcome(entry: ledger.Entry, run: playbook.Run, plan: dict, before: dict[str, bytes | None],
+                   resume: bool, peers: PeerWatch | None) -> int:
+    """Summarise each host from what came back, record the session in the ledger; the exit code says the same."""
+    run_dir = Path(entry.run_dir)
     if peers:
         peers.join()
     results = load_results(run_dir, entry.hosts)
@@ -250,21 +268,34 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resu
     return exit_code(results)
 
 
-def stop_after_interrupt(entry: ledger.Entry, inventory: Inventory) -> int:
-    """Ctrl-C: ask every host to stop gracefully, then follow until each has restored."""
-    playbook.interrupted.clear()
-    err.print("Interrupted: stopping the session (checkpoint, then restore)...", markup=False)
-    run_playbook("session", inventory, entry.hosts, {"train_session_id": entry.id, "train_session_action": "stop"})
-    follow_session(entry, inventory, attach=True)
-    return EXIT_INTERRUPTED
+def complete(entry: ledger.Entry, inventory: Inventory) -> bool:
+    """Whether the session trained to its end: the ledger says so, or (a controller that went away before it
+    could record the end) every host's status does; the ledger is then brought up to date."""
+    if entry.outcome == "succeeded":
+        return True
+    if entry.outcome != "running":
+        return False
+    live = host_answers("session", inventory, entry.hosts, ("Read the session status",),
+                        {"train_session_id": entry.id, "train_session_action": "status"}, raise_on_failure=False)[0]
+    if set(live) != set(entry.hosts) or any(s.get("outcome") != "succeeded" for s in live.values()):
+        return False
+    entry.host_outcomes.update({h: "succeeded" for h in entry.hosts})
+    entry.outcome, entry.ended = "succeeded", entry.ended or time.time()
+    ledger.record(entry)
+    return True
 
 
 def train(job_file: str | None, hosts: str | None, inventory_path: str | None, overrides: list[str],
           dry_run: bool, resume: str | None = None, multi_node: bool = False) -> int:
     if resume:
         entry = ledger.get(resume)
+        inventory = load_inventory(entry.inventory)
+        if complete(entry, inventory):  # resuming it would retrain from its last checkpoint over the adapter
+            err.print(f"session {entry.id} is complete (succeeded on {', '.join(entry.hosts)}); nothing to resume. "
+                      f"Its results: {entry.run_dir}", markup=False)
+            return EXIT_OK
         err.print(f"resuming session {entry.id} on {', '.join(entry.hosts)}", markup=False)
-        return follow_session(entry, load_inventory(entry.inventory), attach=False, resume=True)
+        return follow_session(entry, inventory, attach=False, resume=True)
     if job_file is None:
         raise UsageError("runner train needs a job file (or --resume ID).")
     spec = load_spec(job_file, overrides)

@@ -67,8 +67,8 @@ class Session:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        for old in ("STOP", cluster.GO_FILE):  # a resumed session starts without an old stop request, and waits again
-            (self.dir / old).unlink(missing_ok=True)
+        self._drop_old_stop()
+        (self.dir / cluster.GO_FILE).unlink(missing_ok=True)  # a resumed multi-node session waits again
         # what an earlier try of this session left
         self.status.drop("error", "restore", "summary", "trainer", "trainer_done", "trainer_stopped")
         self.status.update(session_id=self.job["session_id"], host=self.job.get("host", ""), pid=os.getpid(),
@@ -94,6 +94,8 @@ class Session:
             self._phase("inference", self.stop_inference)
             if self.job.get("cluster"):
                 self._phase("ready", self.wait_ready)
+            if self._stop_requested():  # while the GPUs were being freed: no trainer starts
+                raise StopRequested
             return self.train()
         except Refusal as refusal:
             self._finish("refused", str(refusal))
@@ -105,10 +107,23 @@ class Session:
             self._finish("failed", str(err))
             return EXIT_FAILED
 
+    def _drop_old_stop(self) -> None:
+        """A STOP from an earlier try of this session (older than that try's end) goes, so a resume trains; one
+        written since (Ctrl-C while this try was being staged) stays and stops it before anything changes."""
+        stop = self.dir / "STOP"
+        if not stop.exists() or not self.status.path.exists():
+            return
+        ended = self.status.data.get("ended") or self.status.path.stat().st_mtime  # a try killed outright: its restore
+        if stop.stat().st_mtime <= ended:
+            stop.unlink(missing_ok=True)
+
     def _stop_requested(self) -> bool:
-        """A stop so far: a signal, the watchdog, or 'runner stop' (the STOP file the trainer reads too)."""
-        if (self.dir / "STOP").exists() and not self.stop_reason:
-            self.request_stop(RUNNER_STOP)
+        """A stop so far: a signal, the watchdog, or the STOP file the trainer reads too ('runner stop', Ctrl-C
+        on the controller: the file may say which)."""
+        stop = self.dir / "STOP"
+        if not self.stop_reason and stop.exists():
+            said = stop.read_text(errors="replace").strip()
+            self.request_stop(said or RUNNER_STOP)
         return self.stop_reason is not None
 
     def _phase(self, name: str, step) -> None:

@@ -86,6 +86,10 @@ def run_session(
     peft_model = loss_model.model
     name_base(peft_model, cfg.base_model_name or cfg.model)  # what adapter_config.json names as the base
     saved = agreed_checkpoint(cfg.output_dir, accelerator.device) if cfg.resume else None
+    if _stop_agreed(accelerator, stop):  # a stop while loading: no sizing probe and no step, nothing to checkpoint
+        at = json.loads((saved / STATE_FILE).read_text())["step"] if saved is not None else 0
+        metrics.event("stopped", step=at, checkpoint=None)
+        return Outcome("stopped", at, None)
     sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy, saved)
     if features.compile:
         compile_layers(peft_model)
@@ -193,6 +197,12 @@ def _sizing(
         apply_checkpointing(loss_model.model, checkpointed, offload)
     probe = {**sizing.probe, "checkpointed_layers": checkpointed, "offload_checkpoints": offload}
     return Sizing(rows, checkpointed > 0, probe, checkpointed, offload)
+
+
+def _stop_agreed(accelerator: Any, stop: StopRequest) -> bool:
+    """Whether any rank was asked to stop; one all-reduce, so every rank leaves together."""
+    flag = torch.tensor([float(stop.requested())], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum")[0] > 0)
 
 
 def _device_name(device: torch.device) -> str:
