@@ -43,7 +43,7 @@ CAPPED = REPO / "bench" / "capped"
 TOKENIZER = REPO / "examples" / "models" / "tiny-chat"  # its tokenizer and chat template go into every folder
 LORA = {"rank": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}  # the contract's defaults
 sys.path.insert(0, str(REPO / "bench"))
-from train_throughput import SHAPES  # noqa: E402 - the bench's shapes: tiny, Llama-3.1-8B, Mistral-Small-24B
+from shapes import SHAPES  # noqa: E402 - the shapes shared with the tests (bench/shapes.py)
 
 
 def log(*parts: object) -> None:

@@ -22,14 +22,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from make_tiny_model import build_model, build_tokenizer, corpus_lines
+from shapes import SHAPES
 
 
 def llama_1b(tok) -> LlamaForCausalLM:
-    cfg = LlamaConfig(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=8192,
-        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    shape = {k: v for k, v in SHAPES["1b"].items() if k != "model_type"}
+    cfg = LlamaConfig(**{**shape, "max_position_embeddings": 8192}, rms_norm_eps=1e-5,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # random init of 1.2B weights: seconds on a GPU
     with torch.device(device):

@@ -33,62 +33,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from shapes import SHAPES  # noqa: E402 - the shapes shared with the tests (bench/shapes.py)
 
 LORA = {"rank": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}  # the contract's defaults
 SEED_STEPS = (3, 12)  # (warm-up, timed) optimizer steps of the seed's recipe, 4 examples each
 OUR_STEPS = (4, 12)  # ours: each step is one packed micro-batch sized from free memory
 PEAK_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "4090": 165, "3090": 71}  # dense bf16 datasheet figures
 
-SHAPES = {
-    "tiny": {
-        "model_type": "llama",
-        "vocab_size": 1024,
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "head_dim": 64,
-    },
-    "1b": {
-        "model_type": "llama",
-        "vocab_size": 128256,
-        "hidden_size": 2048,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 64,
-        "tie_word_embeddings": True,
-        "rope_theta": 500000.0,
-        "max_position_embeddings": 131072,
-    },
-    "8b": {
-        "model_type": "llama",
-        "vocab_size": 128256,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "rope_theta": 500000.0,
-        "max_position_embeddings": 131072,
-    },
-    "24b": {
-        "model_type": "mistral",
-        "vocab_size": 131072,
-        "hidden_size": 5120,
-        "intermediate_size": 32768,
-        "num_hidden_layers": 40,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "rope_theta": 100000000.0,
-        "max_position_embeddings": 32768,
-        "sliding_window": None,
-    },
-}
 
 
 def synthetic_examples(count: int, vocab: int, max_len: int = 2048, seed: int = 0) -> list:

@@ -4,28 +4,12 @@ import json
 
 import pytest
 
+from bench.shapes import SHAPES
 from runner.host.strategy import choose_strategy, config_params
 
-# Mistral-Small-24B and Llama-3.1-8B shapes (as in bench/train_throughput.py), and a tiny Llama
-MISTRAL_24B = {
-    "vocab_size": 131072,
-    "hidden_size": 5120,
-    "intermediate_size": 32768,
-    "num_hidden_layers": 40,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "torch_dtype": "bfloat16",
-}
-LLAMA_8B = {
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-}
+# Mistral-Small-24B and Llama-3.1-8B as the benches build them, and a tiny Llama
+MISTRAL_24B = {**SHAPES["24b"], "torch_dtype": "bfloat16"}
+LLAMA_8B = SHAPES["8b"]
 TINY = {
     "vocab_size": 1024,
     "hidden_size": 128,
