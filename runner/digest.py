@@ -15,9 +15,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from rich.console import Console
+
 from runner.paths import data_dir
 
 CHUNK_B = 8 << 20
+NOTE_B = 1 << 30  # hashing more than this is said first: it takes a while
+err = Console(stderr=True, soft_wrap=True)
 DIGEST_CHARS = 32  # 128 bits of SHA-256: no two models collide; a short folder name on the host
 
 
@@ -52,15 +56,21 @@ def _save_cache(cache: dict) -> None:
 def folder_digest(folder: Path) -> str:
     """The digest of everything an upload of `folder` copies (symlinked files count as their targets)."""
     cache = _load_cache()
-    lines = []
+    files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         st = path.stat()
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        key = str(path.resolve())
-        known = cache.get(key)
-        sha = known["sha256"] if known and known.get("stat") == stamp else file_sha256(path)
-        cache[key] = {"stat": stamp, "sha256": sha}
-        lines.append(f"{path.relative_to(folder).as_posix()}\0{st.st_size}\0{sha}")
+        known = cache.get(str(path.resolve()))
+        files.append((path, stamp, known["sha256"] if known and known.get("stat") == stamp else None))
+    to_hash_b = sum(stamp[0] for _, stamp, sha in files if sha is None)
+    if to_hash_b >= NOTE_B:
+        err.print(f"hashing {folder} ({to_hash_b / 2**30:.1f} GiB) once: the hosts keep one copy per model; "
+                  "later sessions reuse the hash", markup=False)
+    lines = []
+    for path, stamp, known_sha in files:
+        sha = known_sha or file_sha256(path)
+        cache[str(path.resolve())] = {"stat": stamp, "sha256": sha}
+        lines.append(f"{path.relative_to(folder).as_posix()}\0{stamp[0]}\0{sha}")
     _save_cache({k: v for k, v in cache.items() if os.path.exists(k)})  # files gone since are forgotten
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:DIGEST_CHARS]
 

@@ -191,7 +191,7 @@ def staged_inputs(session_dir: Path) -> list[Path]:
         top = session_dir / Path(value).parts[0]
         if what == "model" and (top / STUB_MARKER).exists():
             continue  # dropped already
-        if top.is_symlink() or top.exists():
+        if (top.is_symlink() or top.exists()) and top not in found:  # a dataset and an eval set share data/
             found.append(top)
     return found
 

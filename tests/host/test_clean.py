@@ -48,7 +48,8 @@ def stage(root: Path, session_id: str, model: Path, ended: float | None = None) 
         else:
             Path(upload["dest"]).write_text('{"text": "hi"}\n')
     assert run_host(root, "seal", json.loads(answer.stdout)).returncode == 0
-    (session_dir / "job.json").write_text(json.dumps({"paths": {"model": "model", "dataset": "data/train.jsonl"}}))
+    (session_dir / "job.json").write_text(json.dumps({"paths": {"model": "model", "dataset": "data/train.jsonl",
+                                                                "eval.dataset": "data/eval-train.jsonl"}}))
     (session_dir / "output" / "adapter").mkdir(parents=True)
     (session_dir / "output" / "adapter" / "adapter_model.safetensors").write_bytes(b"a" * 4096)
     (session_dir / "output" / "checkpoint-5").mkdir()
