@@ -121,11 +121,14 @@ def setup(
     hosts: Hosts = None,
     inventory: InventoryOpt = None,
     check: Annotated[bool, typer.Option("--check", help="Show what would change; change nothing.")] = False,
+    tags: Annotated[str | None, typer.Option("--tags", metavar="PARTS",
+                                             help="Only these parts, comma-separated: power, venv, accelerate, "
+                                                  "units, inference.")] = None,
 ) -> None:
     """Provision hosts: training venv, power limits and boot unit, accelerate config, session and vLLM units."""
     from runner.commands.setup import setup as run_setup
 
-    raise typer.Exit(run_setup(inventory, hosts, check))
+    raise typer.Exit(run_setup(inventory, hosts, check, tags))
 
 
 @app.command(name="hosts")

@@ -78,7 +78,7 @@ def new_run_dir(name: str) -> Path:
 
 def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: dict | None = None,
                  on_event: EventFn | None = None, check: bool = False, raise_on_failure: bool = True,
-                 secret_files: tuple[str, ...] = ()) -> Run:
+                 secret_files: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> Run:
     """Run playbooks/<name>.yml against `hosts`; failures become one-line PlaybookFailed errors.
     `secret_files` (a token handed over as a file) are removed when ansible-playbook ends, even after a kill -9."""
     data = new_run_dir(name)
@@ -94,13 +94,13 @@ def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: d
             on_event(event)
         return True
 
-    cmdline = "--check --diff" if check else None
+    cmdline = " ".join([*(["--check", "--diff"] if check else []), *(["--tags", ",".join(tags)] if tags else [])])
     bin_dir = os.path.dirname(sys.executable)  # ansible-playbook lives beside the interpreter running us
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     result = ansible_runner.interface.init_runner(
         private_data_dir=str(data), project_dir=str(REPO_ROOT), playbook=str(REPO_ROOT / "playbooks" / f"{name}.yml"),
-        inventory=inventory.source, limit=",".join(hosts), extravars=extravars or {}, cmdline=cmdline,
+        inventory=inventory.source, limit=",".join(hosts), extravars=extravars or {}, cmdline=cmdline or None,
         event_handler=handle, cancel_callback=interrupted.is_set, quiet=True,
         envvars={"ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg")})
     result.config.env = without_secrets(result.config.env)
