@@ -112,6 +112,14 @@ class EvalSection(Section):
     patience: Annotated[int, Field(gt=0)] | None = None  # evaluations without a lower loss, then stop early
 
 
+class SamplesSection(Section):
+    """The base model's and the fine-tune's answers to held-out prompts at the end (runner/train/samples.py)."""
+
+    count: Annotated[int, Field(ge=0, le=64)] = 4  # 0: off
+    max_new_tokens: Annotated[int, Field(gt=0, le=4096)] = 128
+    budget_s: Annotated[float, Field(gt=0, le=600)] = 60  # inference stays down meanwhile: the rest is left out
+
+
 class OutputSection(Section):
     fetch: Literal["adapter", "all", "none"] = "adapter"
 
@@ -131,6 +139,7 @@ class JobSpec(Section):
     output: OutputSection = OutputSection()
     cluster: ClusterSection = ClusterSection()
     eval: EvalSection | None = None  # None: no evaluation
+    samples: SamplesSection = SamplesSection()
 
     @model_validator(mode="after")
     def _alpha_defaults_to_twice_rank(self):
@@ -152,7 +161,8 @@ def trainer_settings(spec: dict) -> dict:
     """The trainer config's part that comes from the spec (runner/host/launch.py adds the host's paths)."""
     return {"model": spec["model"], "dataset": spec["dataset"], "output_dir": "output", "format": spec["format"],
             "method": spec["method"], "lora": spec["lora"], "train": spec["train"],
-            "trust_remote_code": spec["trust_remote_code"], **({"eval": spec["eval"]} if spec.get("eval") else {})}
+            "trust_remote_code": spec["trust_remote_code"], **({"eval": spec["eval"]} if spec.get("eval") else {}),
+            **({"samples": spec["samples"]} if spec.get("samples") else {})}
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:

@@ -165,6 +165,8 @@ def summarize(host: str, status: dict, host_dir: Path) -> None:
         out.print(f"{host}: TensorBoard events in {events.parent}", markup=False)
     if (host_dir / "adapter").exists():
         out.print(f"{host}: adapter at {host_dir / 'adapter'}", markup=False)
+    if (host_dir / "samples.md").exists():
+        out.print(f"{host}: samples (base model vs fine-tune) at {host_dir / 'samples.md'}", markup=False)
 
 
 def exit_code(results: dict[str, dict]) -> int:

@@ -73,7 +73,8 @@ STARTUP_GRACE_S = 120
 SESSION_UNIT = "/etc/systemd/system/gpu-runner-session@.service"  # installed by setup
 
 # What comes back to the controller; 'all' adds checkpoints and the rest of output/
-RESULT_FILES = ("status.json", "metrics.jsonl", "telemetry.jsonl", "train.log", "supervisor.log", "job.json")
+RESULT_FILES = ("status.json", "metrics.jsonl", "telemetry.jsonl", "train.log", "supervisor.log", "job.json",
+                "output/samples.md", "output/samples.jsonl")  # the trainer writes only output/; they land beside
 
 
 def pack(session_dir: Path, what: str) -> Path:
@@ -84,7 +85,7 @@ def pack(session_dir: Path, what: str) -> Path:
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         for name in RESULT_FILES:
             if (session_dir / name).exists():
-                tar.add(session_dir / name, arcname=name)
+                tar.add(session_dir / name, arcname=Path(name).name)
         if what == "adapter" and (session_dir / "output" / "adapter").exists():
             tar.add(session_dir / "output" / "adapter", arcname="adapter")
         elif what == "all" and (session_dir / "output").exists():

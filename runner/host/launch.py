@@ -44,6 +44,7 @@ def trainer_config(job: dict, session_dir: Path) -> dict:
         "resume": True,
         **({"collective_timeout_s": spec["cluster"]["collective_timeout_s"]} if job.get("cluster") else {}),
         **({"eval": eval_settings(job)} if spec.get("eval") else {}),
+        **({"samples": spec["samples"]} if spec.get("samples") else {}),  # a job staged before samples: defaults
     }
 
 

@@ -59,6 +59,13 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class SamplesSettings:
+    count: int = 4  # prompts answered by the base model and the fine-tune at the end (samples.py); 0: off
+    max_new_tokens: int = 128
+    budget_s: float = 60  # inference stays down while they are generated: what is not done by then is left out
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: str
     dataset: str
@@ -72,6 +79,7 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings | None = None  # None: no evaluation, training as before
+    samples: SamplesSettings = field(default_factory=SamplesSettings)
     trust_remote_code: bool = False
     resume: bool = True
     # Seconds a collective may wait for a peer (multi-node: a lost host ends the job); None: torch's default
@@ -102,7 +110,9 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
     evaluation = top.pop("eval", None)
     if evaluation is not None:
         evaluation = EvalSettings(**_known(evaluation, EvalSettings, "eval."))
-    cfg = TrainConfig(**top, lora=LoraSettings(**lora), train=TrainSettings(**train), eval=evaluation)
+    samples = SamplesSettings(**_known(top.pop("samples", None) or {}, SamplesSettings, "samples."))
+    cfg = TrainConfig(**top, lora=LoraSettings(**lora), train=TrainSettings(**train), eval=evaluation,
+                      samples=samples)
     _validate(cfg)
     return cfg
 
@@ -149,6 +159,11 @@ def _validate(cfg: TrainConfig) -> None:
     _target_modules(cfg.lora.target_modules)
     if cfg.eval is not None:
         _eval(cfg.eval)
+    s = cfg.samples
+    if isinstance(s.count, bool) or not isinstance(s.count, int) or s.count < 0:
+        raise ConfigError(f"samples.count must be a whole number of prompts (0 turns samples off), not {s.count!r}")
+    _positive_int("samples.max_new_tokens", s.max_new_tokens)
+    _number("samples.budget_s", s.budget_s, low=0)
 
 
 def _eval(ev: EvalSettings) -> None:

@@ -21,6 +21,7 @@ from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, 
 from .metrics import Metrics, setup_logging
 from .model import CausalLMLoss, compile_layers, load_tokenizer, load_training_model
 from .packing import BatchPlan
+from .samples import write_samples
 from .sizing import Sizing, apply_checkpointing, choose_sizing
 
 log = logging.getLogger("runner.train")
@@ -155,6 +156,7 @@ def run_session(
     outcome = trainer.run()
     if outcome.status == "done":  # every rank: the card lists each one's device
         write_card(accelerator, cfg, info, outcome.step, Path(outcome.path))
+        write_samples(accelerator, cfg, peft_model, tokenizer, Path(outcome.path), strategy, stop)  # base vs tuned
     return outcome
 
 

@@ -92,3 +92,8 @@ def test_a_sessions_adapter_loads_by_itself_and_tensorboard_shows_the_run(home, 
     shown = tensorboard_scalars(Path("runs"), home, f"{run_dir.name}/localhost/tensorboard", "train/loss")
     assert [(step, pytest.approx(value, rel=1e-6)) for _, step, value in shown] == steps
     assert len(steps) == 12
+
+    samples = [json.loads(line) for line in (run_dir / "localhost" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and not any(s["held_out"] for s in samples)  # no eval section: training records, marked
+    assert all(s["base"] is not None and s["fine_tune"] is not None for s in samples)
+    assert f"localhost: samples (base model vs fine-tune) at {run_dir / 'localhost' / 'samples.md'}" in result.stdout

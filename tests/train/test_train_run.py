@@ -31,7 +31,8 @@ def test_single_process_trains_and_writes_the_contract(write_config, metrics, tm
     adapter = Path(done["adapter"])
     assert adapter == tmp_path / "output" / "adapter"
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in adapter.iterdir()}
-    assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["adapter", "checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["adapter", "checkpoint-2", "checkpoint-4",
+                                                                        "samples.jsonl", "samples.md"]
     assert [r["step"] for r in records if r.get("event") == "checkpoint"] == [2, 4]
     assert "step 6/6" in out
 
