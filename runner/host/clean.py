@@ -33,8 +33,8 @@ from pathlib import Path
 
 from runner.host import lock
 from runner.host.status import read_json, write_json
+from runner.train.exits import EXIT_REFUSED, EXIT_USAGE
 
-EXIT_REFUSED = 3
 DAY_S = 86400
 STUB_MARKER = ".staged-copy-removed"  # in a session's model/ once its weights were dropped
 # A stub keeps these: what identifies the model and its tokenizer, never weights
@@ -309,7 +309,7 @@ def main(root: Path, action: str | None) -> int:
             answer = clean(root, request)
         else:
             print(f"unknown clean action {action!r}; use link, seal, retain or clean", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     except Refused as refusal:
         print(f"refused: {refusal}")
         return EXIT_REFUSED

@@ -34,6 +34,7 @@ from runner.host.vllm_command import (
     with_adapter,
     with_model,
 )
+from runner.train.exits import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
 
 RECORD = Path("/etc/gpu-runner/serving.json")
 INFERENCE_RECORD = Path("/etc/gpu-runner/inference.json")
@@ -292,12 +293,12 @@ def main(training_root: Path, action: str) -> int:
             answer = serve(training_root, request)
         else:
             print(f"refused: unknown serve action {action}: apply, list or revert")
-            return 3
+            return EXIT_REFUSED
     except ServeRefused as refusal:
         print(f"refused: {refusal}")
-        return 3
+        return EXIT_REFUSED
     except (ServeFailed, inference.InferenceError) as failure:
         print(f"failed: {failure}")
-        return 1
+        return EXIT_FAILED
     print(json.dumps(answer))
-    return 0
+    return EXIT_OK

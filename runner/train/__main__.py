@@ -6,13 +6,14 @@ import sys
 
 from .config import ConfigError, load_config
 from .disk import NoSpace
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m runner.train CONFIG.json", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         cfg = load_config(args[0])  # unknown keys raise
         from .session import run_session  # heavy imports only once the config is good
@@ -20,11 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         run_session(cfg)  # rank 0 writes; resumes from the newest checkpoint; "stopped" also exits 0
     except ConfigError as err:
         print(f"Error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except NoSpace as err:
         print(f"Error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":
