@@ -1,6 +1,8 @@
 """The dry run's words on what will train: processes and strategy by the host's own rule, the data as the trainer
 reads and tokenizes it, steps and epochs (max_steps overrides epochs)."""
 
+from pathlib import Path
+
 from helpers import REPO
 
 from runner.plan import data_lines, processes_line, steps_line
@@ -40,7 +42,7 @@ def test_data_counted_with_the_trainers_reader_and_the_models_tokenizer(tiny_mod
     paths = {"model": "/host/model", "dataset": "/host/data.jsonl"}
     uploads = [{"src": TINY + "/", "dest": "/host/model"}, {"src": DATA, "dest": "/host/data.jsonl"}]
     data, steps = data_lines(job, paths, uploads, processes=1)
-    records = sum(1 for line in open(DATA) if line.strip())
+    records = sum(1 for line in Path(DATA).read_text().splitlines() if line.strip())
     assert data.startswith(f"data: chat format, {records} records -> ") and " tokens an epoch, " in data
     assert steps.startswith("steps: 40 (train.max_steps; it overrides epochs: 1), about ")
     on_host = spec(dataset="/srv/data.jsonl")
