@@ -7,51 +7,62 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from runner.dataset import uploaded
+from runner.dataset import uploaded, uploaded_dataset
 from runner.host import nvml
 from runner.host.preflight import pick_strategy
 from runner.spec import JobSpec, trainer_settings
-from runner.train.config import ConfigError, TrainConfig, parse_config
-from runner.train.data import DATA_SUFFIXES, record_format, sample_records, tokenize_records
+from runner.train.config import ConfigError, TrainConfig, parse_config, sources
+from runner.train.data import DATA_SUFFIXES, hold_out, read_records, record_format, tokenize_records
+from runner.train.mixing import mix, mix_line
 from runner.train.probe import FULL_CHECK_BYTES, load_tokenizer
 
 MIB = 2**20
 
 
 def data_lines(spec: JobSpec, paths: dict[str, str], uploads: list[dict], processes: int) -> list[str]:
-    """'data: chat format, 200 records -> 198 examples; 11,502 tokens an epoch, ...' and the steps line."""
-    dataset, model = uploaded(paths, uploads, "dataset"), uploaded(paths, uploads, "model")
-    if dataset is None:
-        return [f"data: {spec.dataset} is read on the host; examples and tokens show when training starts",
+    """'data: chat format, 200 records -> 198 examples; 11,502 tokens an epoch, ...' (a mix: what each source
+    gives, 'mix: chat.jsonl weight 3: 100 records -> 300 examples (75 %); ...') and the steps line."""
+    dataset, model = uploaded_dataset(spec, paths, uploads), uploaded(paths, uploads, "model")
+    local = [dataset] if isinstance(dataset, str) else [s["path"] for s in dataset or []]
+    there = ([] if local else [spec.dataset]) if isinstance(spec.dataset, str) else \
+        [s.path for i, s in enumerate(spec.dataset) if not uploaded(paths, uploads, f"dataset.{i}")]
+    if there:  # some or all of it is read on the host
+        return [f"data: {', '.join(there)} is read on the host; examples and tokens show when training starts",
                 steps_line(spec, None, processes)]
+    shown = ", ".join(local)
     if model is None:
-        return [f"data: {dataset}; tokens are counted on the host with {spec.model}'s tokenizer at the start",
+        return [f"data: {shown}; tokens are counted on the host with {spec.model}'s tokenizer at the start",
                 steps_line(spec, None, processes)]
-    if size_of(Path(dataset)) > FULL_CHECK_BYTES:
-        return [f"data: {dataset} is over {FULL_CHECK_BYTES // MIB} MiB; tokens are counted on the host at the start",
+    if sum(size_of(Path(path)) for path in local) > FULL_CHECK_BYTES:
+        return [f"data: {shown} is over {FULL_CHECK_BYTES // MIB} MiB; tokens are counted on the host at the start",
                 steps_line(spec, None, processes)]
     settings = parse_config({**trainer_settings(spec.model_dump()), "dataset": dataset, "model": model})
     try:
-        line, tokens, examples = counted(settings)
+        lines, tokens, examples = counted(settings)
     except ConfigError as err:
         return [f"data: not counted here ({err})", steps_line(spec, None, processes)]
-    return [line, steps_line(spec, tokens if spec.train.packing is not False else None, processes, examples)]
+    return [*lines, steps_line(spec, tokens if spec.train.packing is not False else None, processes, examples)]
 
 
-def counted(settings: TrainConfig) -> tuple[str, int, int]:
-    """The dataset through the trainer's reader and the model's tokenizer, once a run: (line, tokens, examples)."""
-    key = (settings.dataset, settings.model, settings.format, settings.train.max_seq_len)
+def counted(settings: TrainConfig) -> tuple[list[str], int, int]:
+    """The dataset through the trainer's reader, eval hold-out, mix and the model's tokenizer, once a run:
+    (lines, tokens, examples)."""
+    key = (settings.dataset, settings.model, settings.format, settings.train.max_seq_len, settings.train.seed,
+           settings.eval)
     if key not in _counted:
         _counted[key] = _count(settings)
     return _counted[key]
 
 
-_counted: dict[tuple, tuple[str, int, int]] = {}
+_counted: dict[tuple, tuple[list[str], int, int]] = {}
 
 
-def _count(settings: TrainConfig) -> tuple[str, int, int]:
-    fmt, max_seq_len = settings.format, settings.train.max_seq_len
-    records = sample_records(settings.dataset, None)
+def _count(settings: TrainConfig) -> tuple[list[str], int, int]:
+    fmt, max_seq_len, seed = settings.format, settings.train.max_seq_len, settings.train.seed
+    records = read_records(settings.dataset)
+    if settings.eval is not None and settings.eval.split is not None:  # as the trainer: held out, then mixed
+        records = hold_out(records, settings.eval.split, seed)[0]
+    records = mix(records, settings.dataset, seed)
     formats = "/".join(sorted({record_format(record, fmt) for record in records}))
     examples, counts = tokenize_records(records, fmt, load_tokenizer(settings), max_seq_len)
     tokens = sum(len(e.input_ids) for e in examples)
@@ -60,7 +71,9 @@ def _count(settings: TrainConfig) -> tuple[str, int, int]:
     cut = f", {counts.truncated} cut to max_seq_len {max_seq_len}" if counts.truncated else ""
     line = (f"data: {formats} format, {counts.records} records -> {counts.examples} examples{dropped}{cut}; "
             f"{tokens:,} tokens an epoch, {trained:,} of them trained (responses)")
-    return line, tokens, counts.examples
+    if len(sources(settings)) > 1:
+        return [line, f"mix (drawn by train.seed {seed}): {mix_line(list(counts.mix))}"], tokens, counts.examples
+    return [line], tokens, counts.examples
 
 
 def size_of(path: Path) -> int:

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from runner.train.mixing import mix_line
+
 # The tasks whose every retry reports a host's status.json (multi-node jobs wait for every host first)
 FOLLOW_TASK = "Follow the session"
 FOLLOW_TASKS = (FOLLOW_TASK, "Wait until every host is ready")
@@ -119,6 +121,8 @@ def data_line(host: str, status: dict) -> str | None:
                      f"with the response beyond max_seq_len {start.get('max_seq_len')})")
     if start.get("truncated_examples"):
         parts.append(f"{start['truncated_examples']} truncated to max_seq_len")
+    if start.get("data_mix"):
+        parts.append(f"mix: {mix_line(start['data_mix'])}")
     return "; ".join(parts)
 
 

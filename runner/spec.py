@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from runner.errors import UsageError
 from runner.train.config import ATTENTIONS, FORMATS, MAX_SEED, METHODS, ConfigError, parse_config
@@ -112,6 +112,22 @@ class EvalSection(Section):
     patience: Annotated[int, Field(gt=0)] | None = None  # evaluations without a lower loss, then stop early
 
 
+class DataSourceSection(Section):
+    """One dataset of a mix (dataset: a list): its share of the examples is weight / the sum of the weights."""
+
+    path: Annotated[str, Field(min_length=1)]  # a local file or folder (uploaded), a host path or a dataset id
+    weight: Annotated[float, Field(gt=0)] = 1
+    format: Literal[FORMATS] | None = None  # None: the job's format
+
+
+# A path or id, or a list of sources; the tags are the names describe_error leaves out of a key
+Dataset = Annotated[
+    Annotated[str, Field(min_length=1), Tag("str")]
+    | Annotated[list[DataSourceSection], Field(min_length=1), Tag("list[sources]")],
+    Discriminator(lambda value: "list[sources]" if isinstance(value, list) else "str"),
+]
+
+
 class SamplesSection(Section):
     """The base model's and the fine-tune's answers to held-out prompts at the end (runner/train/samples.py)."""
 
@@ -126,7 +142,7 @@ class OutputSection(Section):
 
 class JobSpec(Section):
     model: Annotated[str, Field(min_length=1)]
-    dataset: Annotated[str, Field(min_length=1)]
+    dataset: Dataset
     format: Literal[FORMATS] = "auto"
     method: Literal[METHODS] = "lora"
     # auto: DDP where the base weights fit the smallest GPU, FSDP (pooled VRAM) where they do not
@@ -261,15 +277,20 @@ def _is_union_branch(part) -> bool:
 
 def valid_keys(loc: list[str]) -> list[str]:
     """The keys allowed at a dotted location of the spec."""
-    model: type[BaseModel] = JobSpec
+    model: type[BaseModel] | None = JobSpec
     for part in loc:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        annotation = next((a for a in get_args(annotation) if a is not type(None)), annotation)  # X | None: X
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if not part.isdigit():  # an item of a list (dataset.1.weight): the list's model
+            model = _model_in(getattr(model.model_fields.get(part), "annotation", None))
+        if model is None:
             return []
-        model = annotation
     return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds: itself, or inside X | None, list[X] or Annotated[...]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
 
 
 def nearest_key(loc: list[str]) -> str | None:

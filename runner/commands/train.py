@@ -53,10 +53,14 @@ def base_model_name(spec: JobSpec, job_file: Path) -> str:
 
 
 def stage(spec: JobSpec, job_file: Path, inventory: Inventory) -> Staging:
-    """Decide what is uploaded: a local dataset file always (and an eval file); a local model folder too."""
+    """Decide what is uploaded: a local dataset file always (each of a mix's, as dataset.N; and an eval file); a
+    local model folder too."""
     base = job_file.resolve().parent
     paths, uploads = {}, []
-    wanted = [("dataset", spec.dataset, "file"), ("model", spec.model, "dir")]
+    mixed = not isinstance(spec.dataset, str)
+    wanted = [(f"dataset.{i}", s.path, "file") for i, s in enumerate(spec.dataset)] if mixed else \
+        [("dataset", spec.dataset, "file")]
+    wanted.append(("model", spec.model, "dir"))
     if spec.eval and spec.eval.dataset:
         wanted.append(("eval.dataset", spec.eval.dataset, "file"))
     for what, value, kind in wanted:
@@ -67,7 +71,9 @@ def stage(spec: JobSpec, job_file: Path, inventory: Inventory) -> Staging:
         if not local.exists():
             raise UsageError(f"{what} {value}: no such {kind} (looked in {local.parent}). Fix '{what}' "
                              "in the job file; a path on the host must be absolute.")
-        dest = {"dataset": f"data/{local.name}", "eval.dataset": f"data/eval-{local.name}"}.get(what, "model")
+        dest = {"eval.dataset": f"data/eval-{local.name}", "model": "model"}.get(what, f"data/{local.name}")
+        if any(u["dest"] == dest for u in uploads):  # a mix's sources of the same name: data/<N>-<name>
+            dest = f"data/{what.removeprefix('dataset.')}-{local.name}"
         uploads.append({"src": str(local) + ("/" if local.is_dir() else ""), "dest": dest})
         paths[what] = dest
     return Staging(paths, uploads)

@@ -32,7 +32,7 @@ def trainer_config(job: dict, session_dir: Path) -> dict:
         "model": job["paths"]["model"],
         # the adapter names the model as the user did (a job staged before this key: as the spec wrote it)
         "base_model_name": job.get("base_model_name") or spec["model"],
-        "dataset": job["paths"]["dataset"],
+        "dataset": dataset_setting(job),
         "format": spec["format"],
         "method": spec["method"],
         "lora": spec["lora"],
@@ -46,6 +46,14 @@ def trainer_config(job: dict, session_dir: Path) -> dict:
         **({"eval": eval_settings(job)} if spec.get("eval") else {}),
         **({"samples": spec["samples"]} if spec.get("samples") else {}),  # a job staged before samples: defaults
     }
+
+
+def dataset_setting(job: dict) -> str | list[dict]:
+    """The dataset where the host has it; a mix: each source (staged as paths dataset.N) with its weight, format."""
+    sources = job["spec"]["dataset"]
+    if isinstance(sources, str):
+        return job["paths"]["dataset"]
+    return [{**source, "path": job["paths"][f"dataset.{i}"]} for i, source in enumerate(sources)]
 
 
 def eval_settings(job: dict) -> dict:

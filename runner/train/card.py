@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from .config import DataSource, TrainConfig
 from .data import DATA_SUFFIXES, read_records
 
 CARD = "README.md"
@@ -59,6 +59,14 @@ def data_digest(source: str) -> Digest:
         listing = "".join(f"{sha}  {name}\n" for name, sha in files.items())  # sha256sum's format
         return Digest(path.name, hashlib.sha256(listing.encode()).hexdigest(), len(read_records(source)), files)
     return Digest(source, None, None)
+
+
+def mix_digest(sources: tuple[DataSource, ...]) -> Digest:
+    """A mix: its sources by name and weight, each source's SHA-256 (a folder's over its files) by name."""
+    parts = [(source, data_digest(source.path)) for source in sources]
+    records = [digest.records for _, digest in parts]
+    return Digest(" + ".join(f"{digest.name} (weight {source.weight:g})" for source, digest in parts), None,
+                  None if None in records else sum(records), {d.name: d.sha256 for _, d in parts if d.sha256})
 
 
 def read_history(metrics_path: str | None) -> History:
@@ -208,8 +216,8 @@ def write_card(accelerator: Any, cfg: TrainConfig, info: dict[str, Any], steps_d
         return
     held = getattr(cfg, "eval", None)  # a separate eval file gets its digest too
     eval_data = data_digest(held.dataset) if held is not None and getattr(held, "dataset", None) else None
-    text = render_card(cfg, info, steps_done, read_history(cfg.metrics_path), devices, data_digest(cfg.dataset),
-                       eval_data)
+    data = data_digest(cfg.dataset) if isinstance(cfg.dataset, str) else mix_digest(cfg.dataset)
+    text = render_card(cfg, info, steps_done, read_history(cfg.metrics_path), devices, data, eval_data)
     tmp = adapter / f".{CARD}.tmp"
     tmp.write_text(text)
     tmp.replace(adapter / CARD)

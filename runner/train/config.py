@@ -51,6 +51,15 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """One dataset of a mix: its records' share of the examples is weight / the sum of the weights."""
+
+    path: str  # a .jsonl/.json file, a folder of them or a hub dataset id
+    weight: float = 1
+    format: str | None = None  # None: the job's format
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     split: float | None = None  # records held out of the dataset: a fraction below 1, or a whole count
     dataset: str | None = None  # or a separate file
@@ -68,7 +77,7 @@ class SamplesSettings:
 @dataclass(frozen=True)
 class TrainConfig:
     model: str
-    dataset: str
+    dataset: str | tuple[DataSource, ...]  # one source, or several mixed by weight
     output_dir: str
     # The model as the job named it (hub id, or the user's own path): the adapter's base; None: `model`
     base_model_name: str | None = None
@@ -110,11 +119,39 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
     evaluation = top.pop("eval", None)
     if evaluation is not None:
         evaluation = EvalSettings(**_known(evaluation, EvalSettings, "eval."))
+    top["dataset"] = _dataset(top["dataset"])
     samples = SamplesSettings(**_known(top.pop("samples", None) or {}, SamplesSettings, "samples."))
     cfg = TrainConfig(**top, lora=LoraSettings(**lora), train=TrainSettings(**train), eval=evaluation,
                       samples=samples)
     _validate(cfg)
     return cfg
+
+
+def _dataset(raw: object) -> str | tuple[DataSource, ...]:
+    """A path or id as given; a list becomes DataSources, each checked (dataset.N.key names the problem)."""
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, list):
+        raise ConfigError(f"dataset must be a path, a dataset id or a list of {{path, weight, format}}, not {raw!r}")
+    found = []
+    for index, item in enumerate(raw):
+        source = DataSource(**{"path": None, **_known(item, DataSource, f"dataset.{index}.")})
+        if not isinstance(source.path, str) or not source.path.strip():
+            raise ConfigError(f"dataset.{index}.path must name a .jsonl/.json file, a folder of them or a dataset "
+                              f"id, not {source.path!r}")
+        _number(f"dataset.{index}.weight", source.weight, low=0)
+        if source.format is not None:
+            _one_of(f"dataset.{index}.format", source.format, FORMATS)
+        if any(source.path == other.path for other in found):
+            raise ConfigError(f"dataset.{index}.path {source.path} is named twice; give it once, with the sum of "
+                              "the weights")
+        found.append(source)
+    return tuple(found)
+
+
+def sources(cfg: TrainConfig) -> tuple[DataSource, ...]:
+    """The job's datasets: one source of weight 1 in the job's format, or the mix as given."""
+    return (DataSource(cfg.dataset),) if isinstance(cfg.dataset, str) else cfg.dataset
 
 
 def _known(raw: dict[str, Any], cls: type, prefix: str) -> dict[str, Any]:

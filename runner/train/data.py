@@ -2,7 +2,8 @@
 
 Formats: chat (OpenAI `messages`, content a string or a list of text parts; ShareGPT `conversations` with
 `from`/`value`), instruction (alpaca `instruction`/`input`/`output`, or `prompt`/`completion`) and text.
-A bad record is one ConfigError line naming file:line and the problem.
+A bad record is one ConfigError line naming file:line and the problem. Several sources are read in order, each
+record tagged with its source (its format, its weight); runner/train/mixing.py draws the mix.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, DataSource
 
 IGNORE = -100  # label value the loss skips (prompt tokens, padding, packing boundaries)
 DATA_SUFFIXES = (".jsonl", ".json")
@@ -23,9 +24,12 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", "user
 
 
 class Record(dict):
-    """One dataset record; `where` names it in errors (file:line, or the hub dataset and index)."""
+    """One dataset record; `where` names it in errors (file:line, or the hub dataset and index); `source` is the
+    source of a mix it came from (its format overrides the job's)."""
 
     where: str = "record"
+    source: DataSource | None = None
+    source_index: int = 0  # its place in the job's list
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class DataCounts:
     no_response: int  # dropped: no assistant turn (or an empty one)
     too_long: int  # dropped: the response starts beyond max_seq_len
     truncated: int  # kept, cut to max_seq_len
+    mix: tuple[dict[str, Any], ...] = ()  # a mix: per source, its records, how many were drawn, examples kept
 
     @property
     def dropped(self) -> int:
@@ -55,11 +60,15 @@ class DataCounts:
 
     def start_fields(self) -> dict[str, int]:
         return {"dropped_examples": self.dropped, "dropped_no_response": self.no_response,
-                "dropped_too_long": self.too_long, "truncated_examples": self.truncated}
+                "dropped_too_long": self.too_long, "truncated_examples": self.truncated,
+                **({"data_mix": list(self.mix)} if self.mix else {})}
 
 
-def read_records(source: str) -> list[Record]:
-    """Records from a .jsonl/.json file, a folder of them, or a Hugging Face dataset id."""
+def read_records(source: str | tuple[DataSource, ...]) -> list[Record]:
+    """Records from a .jsonl/.json file, a folder of them, or a Hugging Face dataset id; of a mix, every source's
+    records in turn, each tagged with its source."""
+    if not isinstance(source, str):
+        return [_tagged(record, each, i) for i, each in enumerate(source) for record in read_records(each.path)]
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
@@ -122,6 +131,11 @@ def _record(item: Any, where: str) -> Record:
     return record
 
 
+def _tagged(record: Record, source: DataSource, index: int) -> Record:
+    record.source, record.source_index = source, index
+    return record
+
+
 def held_out_count(split: float, total: int) -> int:
     """How many of `total` records eval.split holds out: a whole count as given, a fraction rounded (at least 1)."""
     count = split if isinstance(split, int) else max(1, round(total * split))
@@ -168,7 +182,10 @@ def detect_format(record: dict[str, Any]) -> str:
 
 
 def record_format(record: dict[str, Any], fmt: str) -> str:
-    """The job's format, or with "auto" each record's own (a folder may mix files of different formats)."""
+    """The job's format (a mix's source: its own, where it sets one), or with "auto" each record's own (a folder may
+    mix files of different formats)."""
+    source = getattr(record, "source", None)
+    fmt = (source.format or fmt) if source is not None else fmt
     return detect_format(record) if fmt == "auto" else fmt
 
 
@@ -180,7 +197,7 @@ def tokenize_records(
     records = list(records)
     if not records:
         raise ConfigError("the dataset is empty")
-    examples, no_response, too_long = [], 0, 0
+    examples, no_response, too_long, kept = [], 0, 0, []
     for record in records:
         record_fmt = record_format(record, fmt)
         if not has_response(record, record_fmt):
@@ -189,14 +206,38 @@ def tokenize_records(
         example = tokenize_record(record, record_fmt, tokenizer, max_seq_len)
         if example.trained_tokens:
             examples.append(example)
+            kept.append(record)
         else:
             too_long += 1
-    counts = DataCounts(len(records), len(examples), no_response, too_long, sum(e.truncated for e in examples))
+    counts = DataCounts(len(records), len(examples), no_response, too_long, sum(e.truncated for e in examples),
+                        _mix_counts(records, kept))
     if not examples:
         raise ConfigError(f"no record has response tokens within max_seq_len {max_seq_len} ({no_response} without "
                           f"an assistant turn, {too_long} with the response beyond it); raise train.max_seq_len "
                           "or check the data")
     return examples, counts
+
+
+def _mix_counts(records: list[Record], kept: list[Record]) -> tuple[dict[str, Any], ...]:
+    """Per source of a mix: its name and weight, its records (each once), how many were drawn, examples kept."""
+    found: dict[DataSource, dict[str, Any]] = {}
+    for record in records:
+        source = getattr(record, "source", None)
+        if source is not None:
+            row = found.setdefault(source, {"dataset": _source_name(source.path), "weight": source.weight,
+                                            "ids": set(), "drawn": 0, "examples": 0, "at": record.source_index})
+            row["ids"].add(id(record))
+            row["drawn"] += 1
+    for record in kept:
+        if getattr(record, "source", None) in found:
+            found[record.source]["examples"] += 1
+    rows = sorted(found.values(), key=lambda row: row.pop("at"))  # in the job's order
+    return tuple({"records": len(row.pop("ids")), **row} for row in rows)
+
+
+def _source_name(path: str) -> str:
+    """A file or folder by its name, a hub dataset by its id."""
+    return Path(path).name if Path(path).exists() else path
 
 
 def has_response(record: dict[str, Any], fmt: str) -> bool:

@@ -10,12 +10,13 @@ Run: python -m runner.train.probe < CONFIG.json   (prints one JSON line; exit 0 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig, parse_config
+from .config import ConfigError, TrainConfig, parse_config, sources
 from .data import DATA_SUFFIXES, has_response, record_format, sample_records, tokenize_records
 
 FULL_CHECK_BYTES = 64 * 2**20  # datasets up to this size have every record checked; larger ones a sample
@@ -37,9 +38,10 @@ def probe(cfg: TrainConfig) -> list[str]:
         tokenizer = load_tokenizer(cfg)
     check_method(cfg)
     check_attention(cfg)
-    if not Path(cfg.dataset).exists():
-        notes.append(f"dataset {cfg.dataset} is not on this host yet: checked when the trainer loads it")
-    else:
+    for source in sources(cfg):
+        if not Path(source.path).exists():
+            notes.append(f"dataset {source.path} is not on this host yet: checked when the trainer loads it")
+    if any(Path(source.path).exists() for source in sources(cfg)):
         notes.append(f"data: {check_data(cfg, tokenizer)}")
     return notes
 
@@ -134,7 +136,17 @@ def check_attention(cfg: TrainConfig) -> None:
 
 
 def check_data(cfg: TrainConfig, tokenizer: Any | None) -> str:
-    """Every record's shape (a sample of a large dataset), and some tokenized: one line on what was found."""
+    """Every record's shape (a sample of a large dataset), and some tokenized: one line on what was found; of a mix,
+    each source here in its own format, a line each joined by ' | '."""
+    if isinstance(cfg.dataset, str):
+        return _check_source(cfg, tokenizer)
+    return " | ".join(
+        f"{source.path} (weight {source.weight:g}): "
+        + _check_source(dataclasses.replace(cfg, dataset=source.path, format=source.format or cfg.format), tokenizer)
+        for source in cfg.dataset if Path(source.path).exists())
+
+
+def _check_source(cfg: TrainConfig, tokenizer: Any | None) -> str:
     path = Path(cfg.dataset)
     files = [p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES] if path.is_dir() else [path]
     size = sum(p.stat().st_size for p in files)

@@ -19,6 +19,7 @@ from .data import Example, read_records, tokenize_records
 from .evaluation import Evaluation, eval_examples, split_data
 from .loop import Outcome, StopRequest, Trainer, make_optimizer, make_schedule, total_steps
 from .metrics import Metrics, setup_logging
+from .mixing import mix
 from .model import CausalLMLoss, compile_layers, load_tokenizer, load_training_model
 from .packing import BatchPlan
 from .samples import write_samples
@@ -75,7 +76,8 @@ def run_session(
     if examples is None:
         tokenizer = load_tokenizer(cfg)
         records, held = split_data(cfg, read_records(cfg.dataset))
-        examples, counts = tokenize_records(records, cfg.format, tokenizer, cfg.train.max_seq_len)
+        examples, counts = tokenize_records(mix(records, cfg.dataset, cfg.train.seed), cfg.format, tokenizer,
+                                            cfg.train.max_seq_len)
         if held is not None:
             evaluation = Evaluation(eval_examples(held, cfg, tokenizer), cfg.eval)
     elif cfg.eval is not None:
