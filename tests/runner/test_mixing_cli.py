@@ -6,6 +6,7 @@ any host is touched, and the progress line shows the mix from the trainer's star
 import json
 import shutil
 
+import pytest
 from helpers import REPO, run_runner
 
 from runner.commands.train import stage
@@ -99,3 +100,24 @@ def test_the_progress_line_shows_what_each_source_gave():
         "gpu1  data: 238 examples; mix: chat.jsonl weight 3: 179 records -> 178 examples (75 %); "
         "pc.jsonl weight 1: 40 records -> 59 examples (25 %)")
     assert data_line("gpu1", {"trainer": {"examples": 198}}) == "gpu1  data: 198 examples"
+
+
+@pytest.mark.slow
+def test_a_mixed_session_on_localhost_trains_on_every_source(home, tiny_model):
+    """Two uploaded sources and one read where the host has it (an absolute path), through the host's preflight
+    and the trainer: the screen and the run folder say what each source gave."""
+    path = job(home)
+    text = (home / "job.yaml").read_text()
+    (home / "job.yaml").write_text(text.replace("format: instruction}\n", "format: instruction}\n"
+                                                f"  - {{path: {DEMO_DATA}, weight: 1}}\n"))
+    result = run_runner("train", path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    host_dir = next((home / "runs").iterdir()) / "localhost"
+    start = json.loads((host_dir / "metrics.jsonl").read_text().splitlines()[0])
+    # 436 records: 3/5, 1/5 and 1/5 of them (261.6, 87.2, 87.2: the remainder to the first)
+    assert [(row["dataset"], row["records"], row["drawn"]) for row in start["data_mix"]] == [
+        ("chat.jsonl", 198, 262), ("pc.jsonl", PROMPTS, 87), ("demo.jsonl", 87, 87)]
+    assert f"localhost  data: {start['examples']} examples; mix: chat.jsonl weight 3: 198 records" in (
+        result.stdout + result.stderr)
+    card = (host_dir / "adapter" / "README.md").read_text()
+    assert "chat.jsonl (weight 3) + pc.jsonl (weight 1) + demo.jsonl (weight 1)" in card
