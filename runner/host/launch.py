@@ -50,8 +50,8 @@ def trainer_config(job: dict, session_dir: Path) -> dict:
 
 def dataset_setting(job: dict) -> str | list[dict]:
     """The dataset where the host has it; a mix: each source (staged as paths dataset.N) with its weight, format."""
-    sources = job["spec"]["dataset"]
-    if isinstance(sources, str):
+    sources = job["spec"].get("dataset")
+    if not isinstance(sources, list):
         return job["paths"]["dataset"]
     return [{**source, "path": job["paths"][f"dataset.{i}"]} for i, source in enumerate(sources)]
 
