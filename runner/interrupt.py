@@ -79,6 +79,8 @@ class Interrupt:
             answers, _ = host_answers("session", self.inventory, pending, (STOP_TASK,), extravars,
                                       raise_on_failure=False)
             self.reached.update(answers)
+            for host in answers:
+                self.console.print(f"{host}: stop requested; it checkpoints, then restores", markup=False)
             pending = [h for h in pending if h not in answers and not self.ended(h)]
             if pending:
                 self.playbook_done.wait(RETRY_S)

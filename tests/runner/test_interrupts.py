@@ -120,3 +120,31 @@ def test_a_finished_session_is_left_as_it_is(home, tiny_model):
     assert results(home, session) == before  # not retrained, not fetched again: byte for byte
     assert host_status(home)["outcome"] == "succeeded" and ledger.get(session).outcome == "succeeded"
     assert (stop_file.stat().st_mtime_ns if stop_file.exists() else None) == stop_before  # no stop request sent
+
+
+def test_a_second_ctrl_c_leaves_the_hosts_to_finish_the_stop(home, tiny_model):
+    controller = Controller(home, max_steps=100000)
+    wait_for(lambda: (host_status(home).get("step") or 0) >= 3, timeout=600)
+    controller.ctrl_c()
+    wait_for(lambda: "localhost: stop requested; it checkpoints, then restores" in controller.lines(), timeout=300)
+    controller.ctrl_c()
+    assert controller.wait() == 130
+    assert controller.lines()[-1].startswith(f"Left session {controller.session} stopping on its own")
+    status = wait_for(lambda: (s := host_status(home)).get("outcome") not in (None, "running") and s, timeout=600)
+    assert status["outcome"] == "interrupted" and status["error"] == CTRL_C and status["restore"]["ok"]
+    listed = run_runner("status", controller.session, "--json")
+    assert listed.returncode == 0 and '"outcome": "interrupted"' in listed.stdout, listed.stdout
+
+
+def test_a_resume_of_a_session_that_finished_without_its_controller_says_complete(home, tiny_model):
+    controller = Controller(home, max_steps=20)
+    wait_for(lambda: (host_status(home).get("step") or 0) >= 2, timeout=600)
+    controller.process.kill()  # the laptop goes away; the host trains on
+    controller.wait()
+    wait_for(lambda: host_status(home).get("outcome") == "succeeded", timeout=600)
+    assert ledger.get(controller.session).outcome == "running"  # nobody recorded the end
+    before = results(home, controller.session)
+    resumed = run_runner("train", "--resume", controller.session)
+    assert resumed.returncode == 0 and f"session {controller.session} is complete" in resumed.stderr, resumed.stderr
+    assert results(home, controller.session) == before
+    assert ledger.get(controller.session).outcome == "succeeded"  # the ledger now knows
