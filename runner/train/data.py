@@ -231,8 +231,9 @@ def _mix_counts(records: list[Record], kept: list[Record]) -> tuple[dict[str, An
     for record in kept:
         if getattr(record, "source", None) in found:
             found[record.source]["examples"] += 1
-    rows = sorted(found.values(), key=lambda row: row.pop("at"))  # in the job's order
-    return tuple({"records": len(row.pop("ids")), **row} for row in rows)
+    rows = sorted(found.values(), key=lambda row: row["at"])  # in the job's order
+    return tuple({"records": len(row["ids"]), **{k: v for k, v in row.items() if k not in ("ids", "at")}}
+                 for row in rows)
 
 
 def _source_name(path: str) -> str:
