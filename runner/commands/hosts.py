@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from runner.host import psu
+from runner import psu
 from runner.inventory import load_inventory
 from runner.playbook import host_answers
 
@@ -20,13 +20,13 @@ def gather(inventory_path: str | None, hosts: str | None) -> dict[str, dict]:
 
 
 def headroom(report: dict, profile: dict) -> psu.Budget | None:
-    """The PSU budget of PROFILE (UUID -> W; absent GPUs at their driver default), None without a PSU size."""
+    """The PSU budget of PROFILE (UUID -> W; GPUs it leaves out by runner.psu's one rule), None without a PSU
+    size."""
     power, gpus = report.get("power", {}), report.get("gpus", [])
     if not power.get("psu_w") or not gpus:
         return None
-    limits = [(g["name"], float(profile.get(g["uuid"], g["power_default_w"]))) for g in gpus]
-    return psu.budget(limits, power["psu_w"], power.get("system_w", psu.DEFAULT_SYSTEM_W),
-                      power.get("margin", psu.DEFAULT_MARGIN))
+    return psu.profile_budget(gpus, profile, power["psu_w"], power.get("system_w", psu.DEFAULT_SYSTEM_W),
+                              power.get("margin", psu.DEFAULT_MARGIN))
 
 
 def _watts(value) -> str:

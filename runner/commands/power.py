@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 
+from runner import psu
 from runner.commands.hosts import gather, headroom
 from runner.errors import Refused
-from runner.host import psu
 from runner.inventory import load_inventory
 
 

@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.host import cluster, inference, launch, nvml, power, psu
+from runner import psu
+from runner.host import cluster, inference, launch, nvml, power
 from runner.host.strategy import choose_strategy
 
 MIN_FREE_DISK_GIB = 1.0
@@ -121,8 +122,7 @@ def check_power_plan(profile: dict[str, float], gpus: list[nvml.Gpu], config: po
     except power.PowerError as err:
         raise Refusal(f"power plan refused: {err}") from None
     if config.psu_w:
-        limits = [(g.name, profile.get(g.uuid, g.power_limit_w)) for g in gpus]
-        plan = psu.budget(limits, config.psu_w, config.system_w, config.margin)
+        plan = psu.profile_budget(gpus, profile, config.psu_w, config.system_w, config.margin)
         if not plan.fits:
             raise Refusal(f"power plan does not fit the PSU: worst case {plan.total_w:.0f} W > "
                           f"{plan.allowed_w:.0f} W allowed; lower power.limit_w ('runner power plan' "

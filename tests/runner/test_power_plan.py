@@ -50,3 +50,29 @@ def test_budget_and_differing_limits():
     assert budget["limits_w"] == {"GPU-a": 300.0, "GPU-b": 450.0}
     assert budget["highest_safe_w"] == {"GPU-a": 369, "GPU-b": 462}
     assert f.gpu_power_differing({"GPU-a": 450.4, "GPU-b": 300}, A) == ["GPU-b"]
+
+
+def test_setup_plan_hosts_and_preflight_count_a_gpu_the_profile_leaves_out_alike():
+    """One rule (runner.psu.profile_limit): a GPU the profile leaves out counts at the higher of its driver default
+    and the limit it has now. Here GPU-b was raised to 520 W by hand and the profile names only GPU-a."""
+    from runner.commands.hosts import headroom
+    from runner.host import nvml, power, preflight
+    from runner.host.preflight import Refusal
+
+    gpus = [A[0], {**A[1], "power_limit_w": 520.0, "enforced_limit_w": 520.0}]
+    profile, psu_w = {"GPU-a": 300.0}, 1200
+    expected = 300 * 650 / 450 + 520 * 600 / 450 + 200  # the transient peaks at 300 W and 520 W, and the system
+    by_setup = filters().gpu_power_budget(gpus, profile, psu_w)["total_w"]
+    by_hosts = headroom({"gpus": gpus, "power": {"psu_w": psu_w}}, profile).total_w
+    text, _ = plan_text("zorac", {"gpus": gpus, "power": {"psu_w": psu_w, "standing_w": profile, "session_w": profile}})
+    assert round(by_hosts) == by_setup == round(expected) and f"worst case {round(expected)} W" in text
+    objects = [nvml.Gpu(index=i, pci_bus_id=f"0000:0{i}:00.0", compute_capability=(8, 9), memory_total_mib=24576,
+                        persistence_mode=True, **g) for i, g in enumerate(gpus)]
+    config = power.PowerConfig(psu_w=psu_w, system_w=200, margin=0.9)
+    fits = expected <= psu_w * 0.9
+    try:
+        preflight.check_power_plan(profile, objects, config)
+        refused = False
+    except Refusal as why:
+        refused = f"worst case {round(expected)} W" in str(why)
+    assert refused == (not fits) and not fits  # 1,205 W > 1,080 W: the preflight refuses on the same sum

@@ -1,6 +1,6 @@
 """Filters for the gpu_power role: check a power profile against NVML's constraints and the PSU budget.
 
-The PSU arithmetic is runner.host.psu's (imported from this repository), so `runner power plan`, the
+The PSU arithmetic is runner.psu's (imported from this repository), so `runner power plan`, the
 session preflight and provisioning agree.
 """
 
@@ -13,14 +13,14 @@ REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from runner.host import psu  # noqa: E402  (after the path above)
+from runner import psu  # noqa: E402  (after the path above)
 
 TOLERANCE_W = 1.0  # as runner.host.power: NVML rounds limits to whole watts on some boards
 
 
 def effective_limits(gpus: list[dict], profile: dict) -> dict[str, float]:
-    """The limit each GPU runs at under PROFILE: its value there, else the driver default."""
-    return {g["uuid"]: float(profile.get(g["uuid"], g["power_default_w"] or g["power_limit_w"] or 0)) for g in gpus}
+    """The limit each GPU runs at under PROFILE (runner.psu.profile_limit: the one rule for GPUs it leaves out)."""
+    return {g["uuid"]: psu.profile_limit(g, profile) for g in gpus}
 
 
 def gpu_power_problems(profile: dict, gpus: list[dict], host: str, name: str) -> list[str]:
@@ -42,7 +42,7 @@ def gpu_power_budget(gpus: list[dict], profile: dict, psu_w: float, system_w: fl
                      margin: float = psu.DEFAULT_MARGIN) -> dict:
     """The seed's arithmetic for PROFILE, and the highest limits that would fit."""
     limits = effective_limits(gpus, profile or {})
-    plan = psu.budget([(g["name"], limits[g["uuid"]]) for g in gpus], float(psu_w), float(system_w), float(margin))
+    plan = psu.profile_budget(gpus, profile or {}, float(psu_w), float(system_w), float(margin))
     safe = psu.highest_safe_limits([(g["name"], g["power_min_w"], g["power_max_w"]) for g in gpus],
                                    float(psu_w), float(system_w), float(margin))
     return {"fits": plan.fits, "total_w": round(plan.total_w), "allowed_w": round(plan.allowed_w),

@@ -1,7 +1,9 @@
 """PSU budget: will the GPUs' transient peaks at these limits, plus the rest of the system, fit the PSU?
 
 The seed's arithmetic, generalised: a limit caps the 1 s average, not the spikes, so each GPU
-is counted at its transient peak for the chosen limit.
+is counted at its transient peak for the chosen limit. One home for the rule, used by setup (the gpu_power
+filter), `runner power plan`, `runner hosts` and the session preflight: it imports nothing from runner, so the
+control side, Ansible's filter and the host can all use it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,25 @@ class Budget:
         rows.append(f"worst case {self.total_w:.0f} W vs PSU {self.psu_w:.0f} W x {self.margin:g} margin "
                     f"= {self.allowed_w:.0f} W: {'fits' if self.fits else 'DOES NOT FIT'}")
         return "\n".join(rows)
+
+
+def _field(gpu, name: str):
+    return gpu[name] if isinstance(gpu, dict) else getattr(gpu, name)
+
+
+def profile_limit(gpu, profile: dict) -> float:
+    """The limit GPU runs at under PROFILE (UUID -> W). One the profile leaves out counts at the higher of its
+    driver default (what it comes back at after a reboot) and the limit it has now: the worst case either way."""
+    if _field(gpu, "uuid") in profile:
+        return float(profile[_field(gpu, "uuid")])
+    return float(max(_field(gpu, "power_default_w") or 0, _field(gpu, "power_limit_w") or 0))
+
+
+def profile_budget(gpus: list, profile: dict, psu_w: float, system_w: float = DEFAULT_SYSTEM_W,
+                   margin: float = DEFAULT_MARGIN) -> Budget:
+    """The budget of PROFILE on these GPUs (NVML facts as dicts or objects with name, uuid and limits)."""
+    limits = [(_field(g, "name"), profile_limit(g, profile or {})) for g in gpus]
+    return budget(limits, psu_w, system_w, margin)
 
 
 def budget(gpus: list[tuple[str, float]], psu_w: float, system_w: float = DEFAULT_SYSTEM_W,
