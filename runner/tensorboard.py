@@ -14,6 +14,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from runner.host import session_files as files
+
 FOLDER = "tensorboard"  # <run folder>/<host>/tensorboard: one TensorBoard run per host of a session
 PREFIX = "events.out.tfevents."
 FILE_VERSION = b"brain.Event:2"
@@ -158,7 +160,7 @@ def write_events(host_dir: Path, host: str) -> Path | None:
     """Write host_dir/tensorboard/events.out.tfevents.<start>.<host> from the fetched metrics.jsonl and
     telemetry.jsonl, replacing an earlier conversion; None when neither holds a value."""
     scalars = sorted(
-        [*metric_scalars(_jsonl(host_dir / "metrics.jsonl")), *telemetry_scalars(_jsonl(host_dir / "telemetry.jsonl"))],
+        [*metric_scalars(_jsonl(host_dir / files.METRICS)), *telemetry_scalars(_jsonl(host_dir / files.TELEMETRY))],
         key=lambda s: s[0],
     )
     if not scalars:

@@ -12,6 +12,7 @@ from rich.table import Column, Table
 from runner import ledger
 from runner.commands.train import follow_session
 from runner.errors import EXIT_OK
+from runner.host import session_files as files
 from runner.inventory import load_inventory
 from runner.playbook import host_answers
 
@@ -49,7 +50,7 @@ def fetched(entry: ledger.Entry) -> dict[str, dict]:
     """The status.json each host's results brought into the run folder (the final word on a finished session)."""
     found = {}
     for host in entry.hosts:
-        path = Path(entry.run_dir) / host / "status.json"
+        path = Path(entry.run_dir) / host / files.STATUS
         if path.exists():
             found[host] = json.loads(path.read_text())
     return found

@@ -16,6 +16,7 @@ from runner.credentials import hf_token_file
 from runner.dataset import check_uploaded_dataset, eval_plan, uploaded
 from runner.digest import with_digests
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
+from runner.host import session_files as files
 from runner.interrupt import Interrupt
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
@@ -134,7 +135,7 @@ def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: lis
 def load_results(run_dir: Path, hosts: list[str]) -> dict[str, dict]:
     results = {}
     for host in hosts:
-        status_file = run_dir / host / "status.json"
+        status_file = run_dir / host / files.STATUS
         results[host] = json.loads(status_file.read_text()) if status_file.exists() else {}
     return results
 
@@ -192,7 +193,7 @@ def write_plan(run_dir: Path, plan: dict) -> None:
 
 
 def fetched_status(run_dir: Path, host: str) -> bytes | None:
-    path = run_dir / host / "status.json"
+    path = run_dir / host / files.STATUS
     return path.read_bytes() if path.exists() else None
 
 

@@ -8,7 +8,7 @@
   python -m runner.host check ROOT < JOB    preflight a job (JSON on stdin) before staging; exit 3 if refused
   python -m runner.host reserve ROOT ID     claim the host for session ID before staging; exit 3 if it is busy
   python -m runner.host release ROOT ID     drop session ID's claim (its staging failed)
-  python -m runner.host stop DIR            ask DIR's session to stop gracefully (checkpoint, then restore)
+  python -m runner.host stop DIR [REASON]            ask DIR's session to stop gracefully (checkpoint, then restore)
   python -m runner.host log DIR [OFFSET]    train.log from OFFSET, as JSON, for `runner logs`
   python -m runner.host power PROFILE       apply the standing or session profile of the power config, read back
   python -m runner.host serve ROOT ACTION   serve a session's fine-tune (apply, request JSON on stdin), list, revert
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from runner.host import clean, inference, lock, nvml, power, preflight, serve
+from runner.host import session_files as files
 from runner.host.restore import restore
 from runner.host.status import Status
 from runner.host.supervisor import run_session
@@ -35,7 +36,7 @@ def probe(training_root: Path) -> dict:
     facts: dict = {"gpus": [], "nvml": "ok", "systemd": inference.has_systemd(),
                    "training_root": str(training_root),  # absolute, for Ansible modules that do not expand ~
                    "session_unit": Path(SESSION_UNIT).exists(),
-                   "lock_holder": lock.current_holder(training_root / "session.lock")}
+                   "lock_holder": lock.current_holder(training_root / files.LOCK)}
     try:
         with nvml.nvml():
             facts["gpus"] = [g.as_dict() for g in nvml.list_gpus()]
@@ -64,7 +65,7 @@ def session_status(session_dir: Path) -> dict:
     if status:
         status["alive"] = bool(pid and _alive(pid))
     else:  # not written yet: starting, unless the supervisor never got going
-        job = session_dir / "job.json"
+        job = session_dir / files.JOB
         status["alive"] = job.exists() and time.time() - job.stat().st_mtime < STARTUP_GRACE_S
     return status
 
@@ -73,7 +74,7 @@ STARTUP_GRACE_S = 120
 SESSION_UNIT = "/etc/systemd/system/gpu-runner-session@.service"  # installed by setup
 
 # What comes back to the controller; 'all' adds checkpoints and the rest of output/
-RESULT_FILES = ("status.json", "metrics.jsonl", "telemetry.jsonl", "train.log", "supervisor.log", "job.json",
+RESULT_FILES = (files.STATUS, files.METRICS, files.TELEMETRY, files.TRAIN_LOG, files.SUPERVISOR_LOG, files.JOB,
                 "output/samples.md", "output/samples.jsonl")  # the trainer writes only output/; they land beside
 
 
@@ -136,7 +137,7 @@ def check_job(training_root: Path) -> int:
 def reserve_host(training_root: Path, session_id: str) -> int:
     """The playbook's claim before staging: atomic, so of two sessions started at once one is refused."""
     try:
-        lock.reserve(training_root / "session.lock", session_id)
+        lock.reserve(training_root / files.LOCK, session_id)
     except lock.HostBusy as busy:
         print(f"refused: {busy}")
         return 3
@@ -144,17 +145,21 @@ def reserve_host(training_root: Path, session_id: str) -> int:
     return 0
 
 
-def request_stop(session_dir: Path) -> int:
-    """`runner stop`: the trainer checkpoints at its next step, then the supervisor restores."""
-    lock.release(session_dir.parent.parent / "session.lock", session_dir.name)  # a session still being staged
-    (session_dir / "STOP").touch()
+def request_stop(session_dir: Path, reason: str | None = None) -> int:
+    """`runner stop` (or Ctrl-C, with REASON: what the supervisor records as the cause): the trainer checkpoints
+    at its next step, then the supervisor restores."""
+    lock.release(files.lock_of(session_dir), session_dir.name)  # a session still being staged
+    if reason:
+        (session_dir / files.STOP).write_text(reason + "\n")
+    else:
+        (session_dir / files.STOP).touch()
     print(json.dumps(session_status(session_dir)))
     return 0
 
 
 def print_log(session_dir: Path, offset: int) -> int:
     """train.log from byte `offset`, as JSON {offset, text, outcome} so followers can continue."""
-    log = session_dir / "train.log"
+    log = session_dir / files.TRAIN_LOG
     data = b""
     if log.exists():
         with log.open("rb") as f:
@@ -171,10 +176,10 @@ COMMANDS = {
     "session": lambda d, _: run_session(d),
     "restore": lambda d, _: restore_after(d),
     "status": lambda d, _: print(json.dumps(session_status(d))) or 0,
-    "stop": lambda d, _: request_stop(d),
+    "stop": lambda d, reason: request_stop(d, reason),
     "check": lambda d, _: check_job(d),
     "reserve": lambda d, extra: reserve_host(d, extra),
-    "release": lambda d, extra: print(json.dumps({"released": lock.release(d / "session.lock", extra)})) or 0,
+    "release": lambda d, extra: print(json.dumps({"released": lock.release(d / files.LOCK, extra)})) or 0,
     "log": lambda d, extra: print_log(d, int(extra or 0)),
     "pack": lambda d, extra: print(pack(d, extra or "adapter")) or 0,
     "serve": lambda d, extra: serve.main(d, extra or "list"),

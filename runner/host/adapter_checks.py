@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.host import session_files as files
 from runner.host.serve_errors import ServeRefused
 
 ALLOWED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's LoRAConfig accepts only these
@@ -115,7 +116,7 @@ def read_adapter(path: Path, session_dir: Path) -> Adapter:
 
 def trained_on(session_dir: Path, config: dict) -> str:
     """The base model as the host sees it: the job's model (an uploaded one lives in the session folder)."""
-    job_file = session_dir / "job.json"
+    job_file = session_dir / files.JOB
     if job_file.exists():
         model = json.loads(job_file.read_text()).get("paths", {}).get("model")
         if model:
@@ -125,7 +126,7 @@ def trained_on(session_dir: Path, config: dict) -> str:
 
 
 def job_method(session_dir: Path) -> str:
-    job_file = session_dir / "job.json"
+    job_file = session_dir / files.JOB
     return json.loads(job_file.read_text()).get("spec", {}).get("method", "lora") if job_file.exists() else "lora"
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.host import lock
+from runner.host import session_files as files
 from runner.host.status import read_json, write_json
 from runner.train.exits import EXIT_REFUSED, EXIT_USAGE
 
@@ -49,8 +50,8 @@ def disk_bytes(path: Path) -> int:
         return 0
     paths = [path]
     if path.is_dir() and not path.is_symlink():
-        for dirpath, dirs, files in os.walk(path):
-            paths += [Path(dirpath, name) for name in (*dirs, *files)]
+        for dirpath, dirs, names in os.walk(path):
+            paths += [Path(dirpath, name) for name in (*dirs, *names)]
     seen, total = set(), 0
     for entry in paths:
         st = entry.lstat()
@@ -168,22 +169,22 @@ def session_dirs(root: Path) -> list[Path]:
 
 def running_session(root: Path) -> str | None:
     """The session that holds the host: running, or reserved and being staged."""
-    holder = lock.current_holder(root / "session.lock")
+    holder = lock.current_holder(root / files.LOCK)
     return holder.get("session_id") if holder else None
 
 
 def ended_at(session_dir: Path) -> float:
     """When the session ended: its status, else the last time its folder changed."""
-    status = read_json(session_dir / "status.json")
+    status = read_json(session_dir / files.STATUS)
     if status.get("ended"):
         return float(status["ended"])
-    return max((session_dir / "status.json").stat().st_mtime if (session_dir / "status.json").exists() else 0,
+    return max((session_dir / files.STATUS).stat().st_mtime if (session_dir / files.STATUS).exists() else 0,
                session_dir.stat().st_mtime)
 
 
 def staged_inputs(session_dir: Path) -> list[Path]:
     """What staging uploaded into the session: its model (a link or a copy) and its data folder."""
-    paths = read_json(session_dir / "job.json").get("paths", {})
+    paths = read_json(session_dir / files.JOB).get("paths", {})
     found = []
     for what, value in paths.items():
         if not isinstance(value, str) or value.startswith(("/", "~")):
@@ -203,8 +204,8 @@ def leftovers(session_dir: Path) -> list[Path]:
     return found + sorted(session_dir.glob("results-*.tar.gz"))
 
 
-def weightless(files: list[Path]) -> list[Path]:
-    return [f for f in files if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.stat().st_size <= STUB_MAX_B]
+def weightless(found: list[Path]) -> list[Path]:
+    return [f for f in found if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.stat().st_size <= STUB_MAX_B]
 
 
 def drop_model(model: Path) -> None:

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-GO_FILE = "GO"
+from runner.host import session_files as files
+
 REFUSED = "refused: "  # a STOP file that starts so: another host was not ready; this session is refused
 
 
@@ -87,9 +88,9 @@ def wait_for_go(session_dir: Path, timeout_s: float, stopping: Callable[[], bool
     Raises TimeoutError after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if stopping() or (session_dir / "STOP").exists():
+        if stopping() or (session_dir / files.STOP).exists():
             return False
-        if (session_dir / GO_FILE).exists():
+        if (session_dir / files.GO).exists():
             return True
         if time.monotonic() > deadline:
             raise TimeoutError(f"the other hosts were not all ready within {timeout_s:.0f} s "

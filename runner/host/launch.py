@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from runner.host import inference
+from runner.host import session_files as files
 
 TOKEN_ENV = "HF_TOKEN"
 TRAINER_UNIT = Path("/etc/systemd/system/gpu-runner-trainer@.service")
@@ -39,8 +40,8 @@ def trainer_config(job: dict, session_dir: Path) -> dict:
         "train": spec["train"],
         "trust_remote_code": spec["trust_remote_code"],
         "output_dir": str(session_dir / "output"),
-        "metrics_path": str(session_dir / "metrics.jsonl"),
-        "stop_file": str(session_dir / "STOP"),
+        "metrics_path": str(session_dir / files.METRICS),
+        "stop_file": str(session_dir / files.STOP),
         "resume": True,
         **({"collective_timeout_s": spec["cluster"]["collective_timeout_s"]} if job.get("cluster") else {}),
         **({"eval": eval_settings(job)} if spec.get("eval") else {}),
@@ -139,9 +140,9 @@ def start_unit(session_dir: Path, env: dict[str, str], config: dict) -> UnitTrai
     user = pwd.getpwnam(config["trainer_user"])
     (session_dir / "output").mkdir(exist_ok=True)
     _own(session_dir / "output", user, 0o750)
-    (session_dir / "metrics.jsonl").touch()
-    _own(session_dir / "metrics.jsonl", user, 0o640)
-    (session_dir / "train.log").touch()
+    (session_dir / files.METRICS).touch()
+    _own(session_dir / files.METRICS, user, 0o640)
+    (session_dir / files.TRAIN_LOG).touch()
     env = {**env, "HF_HOME": f"{config['trainer_home']}/training/cache",
            **{k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
     env_file = session_dir / "trainer.env"
@@ -164,7 +165,7 @@ def start_trainer(job: dict, session_dir: Path, gpu_names: list[str], token: str
     config = trainer_unit_config(session_dir)
     if config:
         return start_unit(session_dir, env, config)
-    log = (session_dir / "train.log").open("ab")
+    log = (session_dir / files.TRAIN_LOG).open("ab")
     process = subprocess.Popen(launch_command(session_dir), cwd=session_dir, env={**os.environ, **env},
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True)

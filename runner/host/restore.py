@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 from runner.host import cluster, firewall, inference, launch, nvml, power, serve
+from runner.host import session_files as files
 from runner.host.status import Status, read_json
 
 
 def restore(session_dir: Path, status: Status | None = None) -> bool:
     """Bring the host back; returns False (and records why in status.json) if any part failed."""
     status = status or Status(session_dir)
-    job = read_json(session_dir / "job.json")
+    job = read_json(session_dir / files.JOB)
     with (session_dir / ".restore.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another guard may be restoring right now: wait for it
         status.data = read_json(status.path) or status.data

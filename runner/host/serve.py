@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.host import inference, served_files
+from runner.host import session_files as files
 from runner.host.adapter_checks import check_unmerged, job_method, read_adapter
 from runner.host.lock import current_holder
 from runner.host.serve_errors import ServeFailed, ServeRefused
@@ -220,7 +221,7 @@ def serve(training_root: Path, request: dict) -> dict:
     session_dir = training_root.expanduser() / "sessions" / session
     if not session_dir.is_dir():
         raise ServeRefused(f"no session {session} on this host (looked in {session_dir.parent})")
-    holder = current_holder(training_root.expanduser() / "session.lock")
+    holder = current_holder(training_root.expanduser() / files.LOCK)
     if holder:
         raise ServeRefused(f"session {holder.get('session_id')} is training on this host; serve after it ends")
     unit = read_unit()

@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from runner.host import session_files as files
+
 OUTCOMES = ("running", "succeeded", "failed", "interrupted", "refused")
 
 
@@ -40,7 +42,7 @@ class Status:
     """The session's status file; every change is written through at once."""
 
     def __init__(self, session_dir: Path):
-        self.path = session_dir / "status.json"
+        self.path = session_dir / files.STATUS
         self.data = read_json(self.path)
         self._lock = threading.RLock()
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from runner.host import cluster, firewall, inference, launch, nvml, power, preflight, trainlog
+from runner.host import session_files as files
 from runner.host.lock import HostBusy, HostLock
 from runner.host.preflight import Refusal
 from runner.host.restore import restore
@@ -32,7 +33,7 @@ class StopRequested(Exception):
 
 
 def lock_path(session_dir: Path) -> Path:
-    return session_dir.parent.parent / "session.lock"  # ~/training/session.lock: one per host
+    return files.lock_of(session_dir)  # ~/training/session.lock: one per host
 
 
 def take_token(session_dir: Path) -> str | None:
@@ -54,7 +55,7 @@ def resolve_path(value: str, session_dir: Path) -> str:
 class Session:
     def __init__(self, session_dir: Path):
         self.dir = session_dir
-        self.job = read_json(session_dir / "job.json")
+        self.job = read_json(session_dir / files.JOB)
         self.job["paths"] = {k: resolve_path(v, session_dir) for k, v in self.job["paths"].items()}
         self.spec = self.job["spec"]
         self.status = Status(session_dir)
@@ -68,7 +69,7 @@ class Session:
 
     def run(self) -> int:
         self._drop_old_stop()
-        (self.dir / cluster.GO_FILE).unlink(missing_ok=True)  # a resumed multi-node session waits again
+        (self.dir / files.GO).unlink(missing_ok=True)  # a resumed multi-node session waits again
         # what an earlier try of this session left
         self.status.drop("error", "restore", "summary", "trainer", "trainer_done", "trainer_stopped")
         self.status.update(session_id=self.job["session_id"], host=self.job.get("host", ""), pid=os.getpid(),
@@ -110,7 +111,7 @@ class Session:
     def _drop_old_stop(self) -> None:
         """A STOP from an earlier try of this session (older than that try's end) goes, so a resume trains; one
         written since (Ctrl-C while this try was being staged) stays and stops it before anything changes."""
-        stop = self.dir / "STOP"
+        stop = self.dir / files.STOP
         if not stop.exists() or not self.status.path.exists():
             return
         ended = self.status.data.get("ended") or self.status.path.stat().st_mtime  # a try killed outright: its restore
@@ -120,7 +121,7 @@ class Session:
     def _stop_requested(self) -> bool:
         """A stop so far: a signal, the watchdog, or the STOP file the trainer reads too ('runner stop', Ctrl-C
         on the controller: the file may say which)."""
-        stop = self.dir / "STOP"
+        stop = self.dir / files.STOP
         if not self.stop_reason and stop.exists():
             said = stop.read_text(errors="replace").strip()
             self.request_stop(said or RUNNER_STOP)
@@ -156,7 +157,7 @@ class Session:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.status.warn(f"stopping: {reason}")
-        (self.dir / "STOP").touch()
+        (self.dir / files.STOP).touch()
 
     def _handle_signals(self) -> None:
         def on_signal(signum, _frame):
@@ -223,7 +224,7 @@ class Session:
         """Multi-node: this host is capped with free GPUs; train only when the controller says every host is."""
         timeout = self.spec["cluster"]["ready_timeout_s"]
         if not cluster.wait_for_go(self.dir, timeout, lambda: self.stop_reason is not None):
-            stop = self.dir / "STOP"
+            stop = self.dir / files.STOP
             said = stop.read_text(errors="replace").strip() if stop.exists() else ""
             if said.startswith(cluster.REFUSED):  # the controller: another host was not ready
                 raise Refusal(said.removeprefix(cluster.REFUSED))
@@ -238,7 +239,7 @@ class Session:
             watch = self.spec["power"]
             limits = WatchdogLimits(max_temperature_c=watch["max_temperature_c"],
                                     temperature_grace_s=watch["hot_grace_s"], spike_factor=watch["spike_factor"])
-            telemetry = Telemetry([g.uuid for g in self.gpus], self.dir / "telemetry.jsonl", limits,
+            telemetry = Telemetry([g.uuid for g in self.gpus], self.dir / files.TELEMETRY, limits,
                                   warn=self.status.warn, request_stop=self.request_stop)
             telemetry.start()
         try:
@@ -259,7 +260,7 @@ class Session:
 
     def _follow(self, trainer: launch.ProcessTrainer | launch.UnitTrainer, telemetry: Telemetry | None) -> int:
         """Mirror the trainer's metrics into status.json until it exits; escalate a stop that stalls."""
-        metrics = self.dir / "metrics.jsonl"
+        metrics = self.dir / files.METRICS
         offset, terminate_at = 0, None
         while True:
             rc = trainer.poll()
@@ -323,7 +324,7 @@ class Session:
             self._finish("interrupted", self.stop_reason or "trainer stopped")
             return EXIT_INTERRUPTED
         self.status.end("failed", f"trainer exited with {rc}; see train.log")
-        said = trainlog.trainer_error_line(self.dir / "train.log")  # the trainer's own words, else where to look
+        said = trainlog.trainer_error_line(self.dir / files.TRAIN_LOG)  # the trainer's own words, else where to look
         self._finish("failed", f"trainer exited with code {rc}: {said}" if said else
                      f"trainer exited with code {rc}; the end of train.log says why")
         return EXIT_FAILED
