@@ -77,3 +77,26 @@ def test_training_venv_runs_the_controllers_runner(provisioned, hosts):
 
     out = hosts["th2"].ssh("/var/lib/gpu-runner/venv/bin/python -c 'import runner, torch; print(runner.__version__)'")
     assert out.stdout.strip() == runner.__version__
+
+
+def test_runner_hosts_reports_what_setup_recorded(provisioned, inventory):
+    from helpers import run_runner
+
+    import runner
+
+    done = run_runner("hosts", "-i", str(inventory.path))
+    assert done.returncode == 0, done.stderr
+    th2 = next(line for line in done.stdout.splitlines() if line.startswith("th2:"))
+    assert f"runner {runner.__version__}" in th2 and "PSU headroom (standing)" in th2  # power.json was read
+
+
+def test_setup_of_one_part_runs_only_that_part(provisioned, inventory):
+    roles = set()
+
+    def on_event(event: dict) -> None:
+        if event.get("event") in ("runner_on_ok", "runner_on_changed"):
+            roles.add(event["event_data"].get("role"))
+
+    run = run_playbook("setup", inventory, inventory.hosts, on_event=on_event, tags=("power",))
+    assert run.changed() == 0  # provisioned already
+    assert roles <= {"gpu_facts", "train_venv", "gpu_power"} and "gpu_power" in roles
