@@ -30,6 +30,7 @@ from runner.host import session_files as files
 from runner.host.restore import restore
 from runner.host.status import Status
 from runner.host.supervisor import run_session
+from runner.train.exits import EXIT_REFUSED, EXIT_USAGE
 
 
 def probe(training_root: Path) -> dict:
@@ -129,7 +130,7 @@ def check_job(training_root: Path) -> int:
         found = preflight.check(job, training_root, power.PowerConfig.load())
     except preflight.Refusal as refusal:
         print(f"refused: {refusal}")
-        return 3
+        return EXIT_REFUSED
     print(json.dumps(found.answer()))
     return 0
 
@@ -140,7 +141,7 @@ def reserve_host(training_root: Path, session_id: str) -> int:
         lock.reserve(training_root / files.LOCK, session_id)
     except lock.HostBusy as busy:
         print(f"refused: {busy}")
-        return 3
+        return EXIT_REFUSED
     print(json.dumps({"reserved": session_id}))
     return 0
 
@@ -193,7 +194,7 @@ def main(argv: list[str]) -> int:
     if len(argv) in (2, 3) and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](Path(argv[1]).expanduser(), argv[2] if len(argv) == 3 else None)
     print(__doc__, file=sys.stderr)
-    return 2
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from runner.host.preflight import Refusal
 from runner.host.restore import restore
 from runner.host.status import Status, read_json, write_json
 from runner.host.telemetry import Telemetry, WatchdogLimits
+from runner.train.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
 
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130
 RUNNER_STOP = "stop requested ('runner stop')"
 # What each step record of metrics.jsonl gives status.json: progress, and the pace a user plans by
 PROGRESS_KEYS = ("step", "total_steps", "loss", "tokens_per_s", "avg_tokens_per_s", "elapsed_s", "eta_s")

@@ -18,11 +18,11 @@ from typing import Any
 
 from .config import ConfigError, TrainConfig, parse_config, sources
 from .data import DATA_SUFFIXES, has_response, record_format, sample_records, tokenize_records
+from .exits import EXIT_REFUSED
 
 FULL_CHECK_BYTES = 64 * 2**20  # datasets up to this size have every record checked; larger ones a sample
 SAMPLE_RECORDS = 2000  # per file, for larger datasets
 TOKENIZED_RECORDS = 200  # tokenized to find trained tokens within max_seq_len
-EXIT_REFUSED = 3
 
 
 def probe(cfg: TrainConfig) -> list[str]:
