@@ -1,5 +1,6 @@
 # make demo: a real training session on localhost with a tiny model.   make test: the whole suite.
 # make check: lint + the tests that boot no test host and take seconds each (the inner loop).
+# make test runs the suite in tiers (fast, slow, hosts: tests/tiers.sh) and prints each tier's time.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -34,7 +35,7 @@ lint: venv
 	cd $(CURDIR) && $(BIN)/ansible-lint --offline -q
 
 test: venv deps $(TINY) lint
-	$(BIN)/pytest
+	bash tests/tiers.sh $(BIN)/pytest
 
 check: venv $(TINY) lint
 	$(BIN)/pytest -q -m "not hosts and not slow and not gpu"
