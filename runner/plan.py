@@ -113,3 +113,13 @@ def processes_line(gpus: list[dict], spec: JobSpec, model_dir: str | None, proce
     else:
         why = "ddp, or fsdp where the host finds that one GPU cannot hold the model (decided when it is there)"
     return f"processes: {where}; {why or 'ddp'}; {precision}"
+
+
+def samples_line(spec: JobSpec) -> str:
+    """What the samples step at the end will do, and what it may cost inference."""
+    s = spec.samples
+    if not s.count:
+        return "samples: off (samples.count 0)"
+    prompts = "held-out prompts" if spec.eval else "prompts from the training data (no eval section: not held out)"
+    return (f"samples: {s.count} {prompts} answered by the base model and the fine-tune, up to "
+            f"{s.max_new_tokens} tokens each, within {s.budget_s:g} s before inference comes back")

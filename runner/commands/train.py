@@ -20,7 +20,7 @@ from runner.host import session_files as files
 from runner.interrupt import Interrupt
 from runner.inventory import Inventory, load_inventory
 from runner.paths import runs_dir
-from runner.plan import data_lines, processes_line
+from runner.plan import data_lines, processes_line, samples_line
 from runner.playbook import host_answers, run_playbook
 from runner.plot import plot_session
 from runner.progress import FOLLOW_TASK, Progress, host_status, task_started
@@ -130,6 +130,7 @@ def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: lis
     held = eval_plan(spec, staging.paths, staging.uploads)
     if held:
         out.print(held, markup=False)
+    out.print(samples_line(spec), markup=False)
 
 
 def load_results(run_dir: Path, hosts: list[str]) -> dict[str, dict]:

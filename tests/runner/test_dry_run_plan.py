@@ -5,7 +5,7 @@ from pathlib import Path
 
 from helpers import REPO
 
-from runner.plan import data_lines, processes_line, steps_line
+from runner.plan import data_lines, processes_line, samples_line, steps_line
 from runner.spec import validate_spec
 
 TINY = str(REPO / "examples" / "models" / "tiny-chat")
@@ -55,3 +55,11 @@ def test_steps_and_epochs():
     assert steps_line(fixed, None, processes=2, examples=100) == "steps: about 14 (2 epoch(s) of 7 steps)"
     assert steps_line(spec(train={"max_steps": 30}), None, 1).startswith("steps: 30 (train.max_steps; it overrides")
     assert "known when the host has sized batch_size auto" in steps_line(spec(), 5000, processes=2)
+
+
+def test_samples_line_says_what_the_end_costs():
+    assert samples_line(spec()) == (
+        "samples: 4 prompts from the training data (no eval section: not held out) answered by the base model and "
+        "the fine-tune, up to 128 tokens each, within 60 s before inference comes back")
+    assert samples_line(spec(eval={"split": 0.1})).startswith("samples: 4 held-out prompts answered")
+    assert samples_line(spec(samples={"count": 0})) == "samples: off (samples.count 0)"
