@@ -94,8 +94,10 @@ def test_setup_of_one_part_runs_only_that_part(provisioned, inventory):
     roles = set()
 
     def on_event(event: dict) -> None:
-        if event.get("event") in ("runner_on_ok", "runner_on_changed"):
-            roles.add(event["event_data"].get("role"))
+        data = event.get("event_data", {})  # Ansible checks every role's arguments whatever the tags: not work
+        if event.get("event") in ("runner_on_ok", "runner_on_changed") and \
+                not data.get("task", "").startswith("Validating arguments"):
+            roles.add(data.get("role"))
 
     run = run_playbook("setup", inventory, inventory.hosts, on_event=on_event, tags=("power",))
     assert run.changed() == 0  # provisioned already
