@@ -18,19 +18,11 @@ from pathlib import Path
 from rich.console import Console
 
 from runner.paths import data_dir
+from runner.train.hashing import file_sha256
 
-CHUNK_B = 8 << 20
 NOTE_B = 1 << 30  # hashing more than this is said first: it takes a while
 err = Console(stderr=True, soft_wrap=True)
 DIGEST_CHARS = 32  # 128 bits of SHA-256: no two models collide; a short folder name on the host
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_B):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _cache_path() -> Path:

@@ -5,14 +5,13 @@ tokenizer; what only the host can know (an automatic batch size, a dataset or mo
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from runner.dataset import uploaded, uploaded_dataset
 from runner.host import nvml
 from runner.host.preflight import pick_strategy
 from runner.spec import JobSpec, trainer_settings
 from runner.train.config import ConfigError, TrainConfig, parse_config, sources
-from runner.train.data import DATA_SUFFIXES, hold_out, read_records, record_format, tokenize_records
+from runner.train.data import data_files, hold_out, read_records, record_format, tokenize_records
 from runner.train.mixing import mix, mix_line
 from runner.train.probe import FULL_CHECK_BYTES, load_tokenizer
 
@@ -33,7 +32,7 @@ def data_lines(spec: JobSpec, paths: dict[str, str], uploads: list[dict], proces
     if model is None:
         return [f"data: {shown}; tokens are counted on the host with {spec.model}'s tokenizer at the start",
                 steps_line(spec, None, processes)]
-    if sum(size_of(Path(path)) for path in local) > FULL_CHECK_BYTES:
+    if sum(p.stat().st_size for path in local for p in data_files(path)) > FULL_CHECK_BYTES:
         return [f"data: {shown} is over {FULL_CHECK_BYTES // MIB} MiB; tokens are counted on the host at the start",
                 steps_line(spec, None, processes)]
     settings = parse_config({**trainer_settings(spec.model_dump()), "dataset": dataset, "model": model})
@@ -74,11 +73,6 @@ def _count(settings: TrainConfig) -> tuple[list[str], int, int]:
     if len(sources(settings)) > 1:
         return [line, f"mix (drawn by train.seed {seed}): {mix_line(list(counts.mix))}"], tokens, counts.examples
     return [line], tokens, counts.examples
-
-
-def size_of(path: Path) -> int:
-    files = [p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES] if path.is_dir() else [path]
-    return sum(p.stat().st_size for p in files)
 
 
 def steps_line(spec: JobSpec, packed_tokens: int | None, processes: int, examples: int | None = None) -> str:

@@ -3,7 +3,6 @@ atomically, with the disk checked before a merge starts."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from runner.host.adapter_checks import Adapter
 from runner.host.serve_errors import ServeRefused
+from runner.train.hashing import file_sha256
 
 SERVE_ROOT = Path("/var/lib/gpu-runner/serve")
 MERGE_MARKER = "gpu-runner-merge.json"
@@ -48,14 +48,6 @@ def copy_adapter(adapter: Path, final: Path) -> Path:
     tmp = staging_dir(final)
     shutil.copytree(adapter, tmp, symlinks=False)
     return publish(tmp, final)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def merge_dtype(base_config: dict, method: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import DataSource, TrainConfig
 from .data import DATA_SUFFIXES, read_records
+from .hashing import file_sha256
 
 CARD = "README.md"
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
@@ -44,18 +45,13 @@ class History:
     done: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def data_digest(source: str) -> Digest:
     """A file's SHA-256; a folder's over each data file's relative name and SHA-256; a hub id has none."""
     path = Path(source)
     if path.is_file():
-        return Digest(path.name, _sha256(path), len(read_records(source)))
+        return Digest(path.name, file_sha256(path), len(read_records(source)))
     if path.is_dir():
-        files = {str(p.relative_to(path)): _sha256(p) for p in sorted(path.rglob("*")) if p.suffix in DATA_SUFFIXES}
+        files = {str(p.relative_to(path)): file_sha256(p) for p in sorted(path.rglob("*")) if p.suffix in DATA_SUFFIXES}
         listing = "".join(f"{sha}  {name}\n" for name, sha in files.items())  # sha256sum's format
         return Digest(path.name, hashlib.sha256(listing.encode()).hexdigest(), len(read_records(source)), files)
     return Digest(source, None, None)

@@ -71,10 +71,7 @@ def read_records(source: str | tuple[DataSource, ...]) -> list[Record]:
         return [_tagged(record, each, i) for i, each in enumerate(source) for record in read_records(each.path)]
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
-        if not files:
-            raise ConfigError(f"dataset folder {source} holds no .jsonl or .json files")
-        return [record for file in files for record in _read_file(file)]
+        return [record for file in _local_files(source) for record in _read_file(file)]
     if path.is_file():
         return list(_read_file(path))
     if path.suffix in DATA_SUFFIXES or source.startswith(("/", ".")):
@@ -161,9 +158,14 @@ def count_records(source: str) -> int:
     return sum(1 for file in _local_files(source) for _ in _read_file(file))
 
 
-def _local_files(source: str) -> list[Path]:
+def data_files(source: str) -> list[Path]:
+    """The data files of a local source: the file itself, or a folder's .jsonl/.json files in order."""
     path = Path(source)
-    files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES) if path.is_dir() else [path]
+    return sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES) if path.is_dir() else [path]
+
+
+def _local_files(source: str) -> list[Path]:
+    files = data_files(source)
     if not files:
         raise ConfigError(f"dataset folder {source} holds no .jsonl or .json files")
     return files

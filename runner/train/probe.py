@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, parse_config, sources
-from .data import DATA_SUFFIXES, has_response, record_format, sample_records, tokenize_records
+from .data import data_files, has_response, record_format, sample_records, tokenize_records
 from .exits import EXIT_REFUSED
 
 FULL_CHECK_BYTES = 64 * 2**20  # datasets up to this size have every record checked; larger ones a sample
@@ -147,9 +147,7 @@ def check_data(cfg: TrainConfig, tokenizer: Any | None) -> str:
 
 
 def _check_source(cfg: TrainConfig, tokenizer: Any | None) -> str:
-    path = Path(cfg.dataset)
-    files = [p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES] if path.is_dir() else [path]
-    size = sum(p.stat().st_size for p in files)
+    size = sum(p.stat().st_size for p in data_files(cfg.dataset))
     records = sample_records(cfg.dataset, None if size <= FULL_CHECK_BYTES else SAMPLE_RECORDS)
     if not records:
         raise ConfigError(f"dataset {cfg.dataset} is empty")
