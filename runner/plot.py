@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from runner.host import session_files as files
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from runner.train.metrics import read_jsonl
 
 
 def plot_session(host_dir: Path) -> Path | None:
     """Write host_dir/session.png from metrics.jsonl and telemetry.jsonl; None when there is nothing to draw."""
-    records = _jsonl(host_dir / files.METRICS)
+    records = list(read_jsonl(host_dir / files.METRICS))
     metrics = [m for m in records if "loss" in m and "step" in m]
     evals = [m for m in records if m.get("event") == "eval"]
-    telemetry = _jsonl(host_dir / files.TELEMETRY)
+    telemetry = list(read_jsonl(host_dir / files.TELEMETRY))
     if not metrics and not telemetry:
         return None
     import matplotlib.pyplot as plt

@@ -9,12 +9,12 @@ memory_used_mib and utilization_pct by seconds since the first telemetry sample.
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from runner.host import session_files as files
+from runner.train.metrics import read_jsonl
 
 FOLDER = "tensorboard"  # <run folder>/<host>/tensorboard: one TensorBoard run per host of a session
 PREFIX = "events.out.tfevents."
@@ -95,18 +95,6 @@ def event(
     return out
 
 
-def _jsonl(path: Path) -> Iterator[dict]:
-    if not path.exists():
-        return
-    for line in path.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a session that ended mid-write
-        if isinstance(item, dict):
-            yield item
-
-
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -160,7 +148,8 @@ def write_events(host_dir: Path, host: str) -> Path | None:
     """Write host_dir/tensorboard/events.out.tfevents.<start>.<host> from the fetched metrics.jsonl and
     telemetry.jsonl, replacing an earlier conversion; None when neither holds a value."""
     scalars = sorted(
-        [*metric_scalars(_jsonl(host_dir / files.METRICS)), *telemetry_scalars(_jsonl(host_dir / files.TELEMETRY))],
+        [*metric_scalars(read_jsonl(host_dir / files.METRICS)),
+         *telemetry_scalars(read_jsonl(host_dir / files.TELEMETRY))],
         key=lambda s: s[0],
     )
     if not scalars:

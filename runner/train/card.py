@@ -19,6 +19,7 @@ from typing import Any
 from .config import DataSource, TrainConfig
 from .data import DATA_SUFFIXES, read_records
 from .hashing import file_sha256
+from .metrics import read_jsonl
 
 CARD = "README.md"
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
@@ -67,15 +68,8 @@ def mix_digest(sources: tuple[DataSource, ...]) -> Digest:
 
 def read_history(metrics_path: str | None) -> History:
     history = History()
-    path = Path(metrics_path) if metrics_path else None
-    if path is None or not path.exists():
-        return history
     first = last = None
-    for line in path.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for item in read_jsonl(Path(metrics_path) if metrics_path else None):
         event, step, wall = item.get("event"), item.get("step"), item.get("time")
         if event == "start":
             history.tries += 1

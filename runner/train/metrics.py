@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,20 @@ def setup_logging(is_main: bool) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
+
+
+def read_jsonl(path: Path | None) -> Iterator[dict[str, Any]]:
+    """The records of a metrics.jsonl (or telemetry.jsonl) as written: none for a missing file; a line cut short
+    by a process that ended mid-write is skipped."""
+    if path is None or not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(item, dict):
+            yield item
 
 
 class Pace:
