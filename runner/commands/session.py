@@ -10,9 +10,8 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from runner import ledger
-from runner.commands.train import follow_session
+from runner.commands.train import follow_session, load_results
 from runner.errors import EXIT_OK
-from runner.host import session_files as files
 from runner.inventory import load_inventory
 from runner.playbook import host_answers
 
@@ -48,12 +47,7 @@ PROGRESS_FIELDS = ("phase", "step", "total_steps", "loss", "avg_tokens_per_s", "
 
 def fetched(entry: ledger.Entry) -> dict[str, dict]:
     """The status.json each host's results brought into the run folder (the final word on a finished session)."""
-    found = {}
-    for host in entry.hosts:
-        path = Path(entry.run_dir) / host / files.STATUS
-        if path.exists():
-            found[host] = json.loads(path.read_text())
-    return found
+    return {host: status for host, status in load_results(Path(entry.run_dir), entry.hosts).items() if status}
 
 
 def states(entry: ledger.Entry, asked: bool) -> dict[str, dict]:
