@@ -5,6 +5,7 @@ process that consumer.py starts (`consumer.py hf-worker`, `consumer.py hf-longes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import tempfile
@@ -94,7 +95,7 @@ def hf_worker(args: argparse.Namespace) -> int:
     rng.shuffle(examples)
     batches, current, size = [], [], 0
     for e in examples:  # greedy: consecutive examples up to the token budget
-        if current and size + len(e["input_ids"]) > args.hf_tokens:
+        if current and size + len(e["input_ids"]) > int(args.hf_tokens):
             batches.append(current)
             current, size = [], 0
         current.append(e)
@@ -131,11 +132,12 @@ def hf_worker(args: argparse.Namespace) -> int:
         use_cpu=args.cpu,
     )
     trainer = Trainer(model=model, args=training, train_dataset=batches, data_collator=collate, callbacks=[Timer()])
-    result: dict[str, Any] = {"hf_tokens_per_batch": args.hf_tokens, "checkpointing": checkpointing, **notes}
+    result: dict[str, Any] = {"hf_tokens_per_batch": int(args.hf_tokens), "checkpointing": checkpointing, **notes}
     try:
         trainer.train()
     finally:
         result["step_ends"] = ends
+        result["step_s"] = [round(b[0] - a[0], 3) for a, b in itertools.pairwise(ends)]  # to see a slow step
         Path(args.result).write_text(json.dumps(result))
     return 0
 

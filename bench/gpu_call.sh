@@ -23,7 +23,7 @@ run() {  # run LIMIT_S NAME CMD...: time-boxed, output kept in $OUT/NAME.log
 }
 B="python3 bench/train_throughput.py --out $OUT"
 C="python3 bench/consumer.py"
-CP="--out $OUT --data /tmp/chat.jsonl --warmup 2 --steps 5 --timeout 150"
+CP="--out $OUT --data /tmp/chat.jsonl --warmup 3 --steps 5 --timeout 150"
 for phase in "$@"; do
   case $phase in
     env)
@@ -43,15 +43,16 @@ for phase in "$@"; do
     multigpu) run 400 multigpu python3 bench/multi_gpu.py --out $OUT --phases ddp,fsdp,auto --deadline 390 ;;  # 2+ GPUs
     # Consumer cards through the real path (issue 13): folders on /tmp, one shape at a time (a 24B folder is 48 GB)
     c-env) python3 bench/consumer.py env --out $OUT; df -h /tmp | tail -1 ;;
-    c-build8b) rm -rf /tmp/m24b; run 200 c-build8b $C build --shape 8b --dir /tmp/m8b
+    c-build8b) rm -rf /tmp/m24b; [ -f /tmp/m8b/config.json ] || run 200 c-build8b $C build --shape 8b --dir /tmp/m8b
       run 60 c-data8b $C data --model /tmp/m8b --out /tmp/chat.jsonl --count 1200 --max-len 2048; df -h /tmp | tail -1 ;;
-    c-build24b) rm -rf /tmp/m8b; run 260 c-build24b $C build --shape 24b --dir /tmp/m24b
+    c-build24b) rm -rf /tmp/m8b; [ -f /tmp/m24b/config.json ] || run 260 c-build24b $C build --shape 24b --dir /tmp/m24b
       run 60 c-data24b $C data --model /tmp/m24b --out /tmp/chat.jsonl --count 1200 --max-len 2048; df -h /tmp | tail -1 ;;
-    c-8b-qlora-24) run 240 c-8b-qlora-24 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-24 --hf-tokens 8192 ;;
-    c-8b-lora-24) run 240 c-8b-lora-24 $C pair $CP --model /tmp/m8b --method lora --memory-gib 24 --row 8b-lora-24 --hf-tokens 4096 ;;
-    c-8b-qlora-16) run 240 c-8b-qlora-16 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 16 --row 8b-qlora-16 --hf-tokens 4096 ;;
-    c-8b-long) run 200 c-8b-long $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 32768 --hf-lengths 4096,8192,12288,16384,24576,32768 ;;
-    c-24b-qlora-24) run 330 c-24b-qlora-24 $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 8192 --timeout 240 --warmup 1 --steps 4 ;;
+    # the baseline at each --hf-tokens budget; the ratio is against its best
+    c-8b-qlora-24) run 330 c-8b-qlora-24 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-24 --hf-tokens 2048,4096 ;;
+    c-8b-lora-24) run 330 c-8b-lora-24 $C pair $CP --model /tmp/m8b --method lora --memory-gib 24 --row 8b-lora-24 --hf-tokens 2048,4096 ;;
+    c-8b-qlora-16) run 330 c-8b-qlora-16 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 16 --row 8b-qlora-16 --hf-tokens 2048,4096 ;;
+    c-8b-long) run 330 c-8b-long $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 57344,65536 --hf-lengths 32768,36864,40960 --timeout 160 ;;
+    c-24b-qlora-24) run 420 c-24b-qlora-24 $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 4096,8192 --timeout 200 --warmup 1 --steps 4 ;;
     *) echo "unknown phase $phase" ;;
   esac
 done

@@ -28,6 +28,20 @@ from .sizing import Sizing, apply_checkpointing, choose_sizing
 log = logging.getLogger("runner.train")
 
 
+def grow_memory_in_place() -> bool:
+    """On CUDA, let the caching allocator grow its segments in place (expandable segments) unless the user set
+    PYTORCH_CUDA_ALLOC_CONF: fewer cached-but-unusable blocks, so what the allocator holds stays close to what the
+    tensors use, which is what a 24 GB card has room for. Returns whether it was turned on."""
+    if not torch.cuda.is_available() or "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
+        return False
+    try:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    except (AttributeError, RuntimeError) as err:  # an allocator without them (another backend, old driver)
+        log.info("allocator: expandable segments not available (%s)", err)
+        return False
+    return True
+
+
 def make_accelerator(collective_timeout_s: float | None = None) -> Any:
     """The launcher's accelerate settings; bf16 falls back to fp16 on GPUs without it. A collective timeout
     (multi-node) makes a rank whose peer is gone fail instead of waiting for torch's default."""
@@ -62,6 +76,7 @@ def run_session(
     """Train as configured. A benchmark may pass an in-memory base model and tokenized examples."""
     from accelerate.utils import set_seed
 
+    grow_memory_in_place()
     accelerator = make_accelerator(cfg.collective_timeout_s)
     # One writer per host: each host's supervisor follows its own metrics (multi-node: same global values)
     setup_logging(accelerator.is_local_main_process)
