@@ -94,24 +94,27 @@ def memory_budget(available: float, world_size: int, fraction_limited: bool) -> 
 def fit_model(checkpointed: list[Measure], plain: list[Measure], layers: int) -> Model:
     """The linear models from probe steps: `checkpointed` at one or two sizes, `plain` (no checkpointing) at the
     sizes that fitted (its memory and time relative to checkpointed steps of the same size)."""
-    done = [m for m in checkpointed if m.peak is not None]
-    first = done[0]
-    if len(done) > 1 and done[-1].tokens > first.tokens:
-        last = done[-1]
+    done = sorted({m.tokens: m for m in checkpointed if m.peak is not None}.values(), key=lambda m: m.tokens)
+    first, last = done[0], done[-1]
+    if len(done) > 1:
+        # Memory per token over the widest span (the probe's smallest to its largest step); time per token from
+        # its two largest steps: a step of a few hundred tokens is launch-bound, and a slope through it predicted
+        # 15.3k tokens/s for an 8B QLoRA shape that trained at 9.9k (bench/RESULTS.md, 2026-12-03)
         per_token = max((last.peak - first.peak) / (last.tokens - first.tokens), 1.0)
-        time_per_token = max((last.seconds - first.seconds) / (last.tokens - first.tokens), 1e-9)
+        before = done[-2]
+        time_per_token = max((last.seconds - before.seconds) / (last.tokens - before.tokens), 1e-9)
     else:  # one size: the probe's peak over tokens (an upper bound), time proportional to tokens
-        per_token, time_per_token = first.peak / first.tokens, first.seconds / first.tokens
+        per_token, time_per_token = last.peak / last.tokens, last.seconds / last.tokens
     extra, share = float("inf"), 0.0
     pairs = [(p, c) for p in plain if p.peak is not None for c in done if c.tokens == p.tokens]
     if pairs:
         extra = max(max((p.peak - c.peak) / p.tokens, 0.0) for p, c in pairs)
         share = sum(min(max(1 - p.seconds / c.seconds, 0.0), 0.9) for p, c in pairs) / len(pairs)
-    return Model(
-        mem_fixed=first.peak - per_token * first.tokens,
+    return Model(  # anchored at the largest step, the one nearest the shapes chosen from
+        mem_fixed=last.peak - per_token * last.tokens,
         mem_per_token=per_token,
         extra_per_token=extra,
-        time_fixed=max(first.seconds - time_per_token * first.tokens, 0.0),
+        time_fixed=max(last.seconds - time_per_token * last.tokens, 0.0),
         time_per_token=time_per_token,
         recompute_share=share,
         layers=layers,

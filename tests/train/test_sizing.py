@@ -80,6 +80,20 @@ def test_a_shape_over_budget_is_never_chosen():
     assert kept == 0 and peak <= 10 * GIB and model.peak(2048 * (rows + 1), 0) > 10 * GIB
 
 
+def test_a_launch_bound_small_step_does_not_inflate_the_predicted_speed():
+    # The probe of an 8B QLoRA on a 24 GiB cap (H200, 2026-12-03): 512 tokens took as long as 2,048. The chosen
+    # shape, 8 rows of 2,048 checkpointed, then trained at 9.9k tokens/s (14.1 GiB); a slope through the 512-token
+    # step had predicted 15.3k.
+    probe = [Measure(512, int(6.24 * GIB), 0.307), Measure(2048, int(7.63 * GIB), 0.315),
+             Measure(4096, int(8.23 * GIB), 0.479)]
+    model = fit_model(probe, [], LAYERS)
+    predicted = 16384 / model.seconds(16384, 0)
+    assert 9_000 < predicted < 12_000
+    assert model.peak(4096, 0) == pytest.approx(8.23 * GIB, rel=1e-6)  # the largest step is reproduced
+    # memory over the widest span: not under the 14.1 GiB measured at 16,384 tokens less 1 GiB of noise
+    assert model.peak(16384, 0) > 13 * GIB
+
+
 class FakeProbe:
     """Probe steps with the figures of qlora_8b under a cap, for choose_sizing on a CPU: what a GPU would measure."""
 
