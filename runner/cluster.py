@@ -1,19 +1,26 @@
-"""Multi-node jobs on the control side: who hosts the rendezvous, and stopping the others when one host ends.
+"""Multi-node jobs on the control side: the job's layout, and stopping the others when one host ends.
 
-The hosts train as one job (accelerate across machines): the first of --hosts is machine 0 and hosts
-the rendezvous on its cluster address (inventory var cluster_address, else ansible_host). The playbook
-keeps everyone out until every host is ready; once training, a host whose session ends without success
-makes the controller stop the others (their trainers would otherwise wait on a dead peer until the
-collective timeout).
+The hosts train as one job (accelerate across machines): the first of --hosts is machine 0 and hosts the
+rendezvous on its cluster address (inventory var train_session_cluster_address, else ansible_host). lay_out()
+is the one place the layout is worked out (machine ranks, addresses, processes per machine, the GPUs the
+strategy is sized over), from the inventory and each host's GPU facts; the dry run prints it and the session
+playbook hands each host its part, which its preflight, job.json and accelerate config take as given. The
+playbook keeps everyone out until every host is ready; once training, a host whose session ends without success
+makes the controller stop the others (their trainers would otherwise wait on a dead peer until the collective
+timeout).
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from runner import playbook
 from runner.errors import UsageError
 from runner.inventory import Inventory
+
+ADDRESS = "train_session_cluster_address"  # inventory vars; runner.inventory maps their old unprefixed names
+INTERFACE = "train_session_cluster_interface"
 
 
 def cluster_hosts(hosts: list[str], multi_node: bool) -> list[str]:
@@ -27,23 +34,46 @@ def cluster_hosts(hosts: list[str], multi_node: bool) -> list[str]:
 
 
 def address(inventory: Inventory, host: str) -> str:
-    """A host's address on the cluster network, as the playbook picks it."""
+    """A host's address on the cluster network: train_session_cluster_address, else ansible_host, else its name."""
     variables = inventory.variables.get(host, {})
-    return str(variables.get("cluster_address") or variables.get("ansible_host") or host)
+    return str(variables.get(ADDRESS) or variables.get("ansible_host") or host)
 
 
+def interface(inventory: Inventory, host: str) -> str:
+    """The interface the inventory names for the cluster network (train_session_cluster_interface), or ''."""
+    return str(inventory.variables.get(host, {}).get(INTERFACE) or "")
+
+
+@dataclass(frozen=True)
 class MultiNode:
-    """The machines of a multi-node job as the playbook renders them, for the dry run's plan."""
+    """The machines of a multi-node job, laid out once (lay_out) for the dry run and for every host."""
 
-    def __init__(self, inventory: Inventory, hosts: list[str], facts: dict[str, dict]):
-        self.hosts = hosts
-        self.main_address = address(inventory, hosts[0])
-        # accelerate starts the same number of processes on every host: the smallest GPU count, at least one
-        self.per_machine = max(min(len(facts.get(h, {}).get("gpus", [])) for h in hosts), 1)
+    hosts: list[str]
+    main_address: str
+    per_machine: int  # accelerate starts the same number of processes on every machine
+    parts: dict[str, dict]  # host -> its part: what the host's job.json carries as "cluster"
 
     def accelerate_inputs(self, host: str) -> dict:
-        return {"machines": len(self.hosts), "machine_rank": self.hosts.index(host),
-                "main_address": self.main_address, "processes_per_machine": self.per_machine}
+        """The accelerate template's multi-node inputs for this host (accelerate_config_<key>)."""
+        part = self.parts[host]
+        return {"machines": part["num_machines"], "machine_rank": part["machine_rank"],
+                "main_address": part["main_address"], "processes_per_machine": part["processes_per_machine"]}
+
+
+def lay_out(inventory: Inventory, hosts: list[str], facts: dict[str, dict], port: int) -> MultiNode:
+    """Each host's part in the job from the inventory and the hosts' GPU facts (the probe's): machine rank, the
+    rendezvous address and port, its own address and interface, the processes each machine starts (the smallest
+    GPU count, at least one; each host trains on its first GPUs) and the memory of every GPU the job trains on,
+    machine by machine, which the hosts size the strategy over (runner.host.preflight.pick_strategy)."""
+    gpus = {h: facts.get(h, {}).get("gpus", []) for h in hosts}
+    per_machine = max(min(len(found) for found in gpus.values()), 1)
+    memory = [[int(g["memory_total_mib"]) for g in gpus[h][:per_machine]] for h in hosts]  # by machine rank
+    main = address(inventory, hosts[0])
+    parts = {h: {"num_machines": len(hosts), "machine_rank": rank, "main_address": main,
+                 "address": address(inventory, h), "interface": interface(inventory, h), "port": port,
+                 "processes_per_machine": per_machine, "gpu_memory_mib": memory}
+             for rank, h in enumerate(hosts)}
+    return MultiNode(list(hosts), main, per_machine, parts)
 
 
 class PeerWatch:

@@ -16,6 +16,14 @@ LOCALHOST_INVENTORY = (
     "localhost ansible_connection=local ansible_python_interpreter={python} train_session_python={python}\n"
 )
 
+# Inventory variables renamed to carry their role's prefix (old name -> new name): the old name still works, and
+# says so once a run.
+RENAMED = {
+    "cluster_address": "train_session_cluster_address",
+    "cluster_interface": "train_session_cluster_interface",
+}
+_warned: set[str] = set()
+
 
 @dataclass
 class Inventory:
@@ -50,7 +58,20 @@ def load_inventory(path: str | None) -> Inventory:
     if not hosts:
         raise UsageError(f"-i {path}: the inventory lists no hosts (or does not parse). See inventory.example.")
     hostvars = listed.get("_meta", {}).get("hostvars", {})
-    return Inventory(source.resolve(), hosts, {h: dict(hostvars.get(h, {})) for h in hosts})
+    return Inventory(source.resolve(), hosts, adopt_renamed({h: dict(hostvars.get(h, {})) for h in hosts}))
+
+
+def adopt_renamed(variables: dict[str, dict]) -> dict[str, dict]:
+    """Each renamed variable under its new name where a host sets only the old one; a warning line per old name."""
+    for old, new in RENAMED.items():
+        users = [host for host, own in variables.items() if old in own]
+        for host in users:
+            variables[host].setdefault(new, variables[host][old])
+        if users and old not in _warned:
+            _warned.add(old)
+            print(f"warning: inventory variable {old} is deprecated ({', '.join(users)}); rename it to {new}",
+                  file=sys.stderr)
+    return variables
 
 
 def list_inventory(source: Path) -> dict:

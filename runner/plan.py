@@ -94,7 +94,8 @@ def processes_line(gpus: list[dict], spec: JobSpec, model_dir: str | None, proce
                    cluster: dict | None = None) -> str:
     """'processes: 2, one per GPU; ddp: ... (why); bf16' or 'processes: 1 on the CPU (no GPU found), fp32'. The
     strategy by the host's own rule (preflight.pick_strategy) on the uploaded model folder; a model read on the
-    host is sized there."""
+    host is sized there. `cluster`: this host's part of a multi-node job, as the controller laid it out and the
+    host gets it (runner.cluster.lay_out), so the strategy is the whole job's."""
     if not gpus:
         return "processes: 1 on the CPU (no GPU found), fp32"
     precision = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "fp32")

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from runner import ledger, playbook
-from runner.cluster import MultiNode, PeerWatch, cluster_hosts
+from runner.cluster import PeerWatch, cluster_hosts, lay_out
 from runner.credentials import hf_token_file
 from runner.dataset import check_uploaded_dataset, eval_plan, uploaded
 from runner.digest import with_digests
@@ -89,12 +89,18 @@ def probe_hosts(inventory: Inventory, hosts: list[str]) -> dict[str, dict]:
     return host_answers("probe", inventory, hosts, ("Read GPU facts and the host lock",))[0]
 
 
+def cluster_layout(inventory: Inventory, hosts: list[str], port: int) -> dict[str, dict]:
+    """Each host's part in a multi-node job, laid out from the inventory and the hosts' GPU facts as they are now
+    (runner.cluster.lay_out); {} for one session per host."""
+    return lay_out(inventory, hosts, probe_hosts(inventory, hosts), port).parts if hosts else {}
+
+
 def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: list[str],
                cluster: list[str] | None = None) -> None:
     """The dry run's report: per host, its GPUs, the accelerate config, the power and inference plan."""
     facts = probe_hosts(inventory, hosts)
     out.print(f"Plan for {spec.model} on {len(hosts)} host(s); nothing was changed.", markup=False)
-    machines = MultiNode(inventory, cluster, facts) if cluster else None
+    machines = lay_out(inventory, cluster, facts, spec.cluster.port) if cluster else None
     if machines:
         out.print(f"multi-node: one job on {len(cluster)} machines, {machines.per_machine} process(es) each; "
                   f"rendezvous on {cluster[0]} at {machines.main_address}:{spec.cluster.port}", markup=False)
@@ -112,10 +118,9 @@ def print_plan(spec: JobSpec, staging: Staging, inventory: Inventory, hosts: lis
                       f"{plan} (allowed {gpu['power_min_w']:g}-{gpu['power_max_w']:g} W)", markup=False)
         cfg = accelerate_config(gpus, port=spec.cluster.port, **(machines.accelerate_inputs(host) if machines else {}))
         processes = int(cfg["num_processes"]) if gpus else 1
-        layout = ({"num_machines": len(cluster), "processes_per_machine": machines.per_machine}
-                  if machines else None)
         out.print("  " + processes_line(gpus, spec, uploaded(staging.paths, staging.uploads, "model"), processes,
-                                        cfg["mixed_precision"], layout), markup=False)
+                                        cfg["mixed_precision"], machines.parts[host] if machines else None),
+                  markup=False)
         for line in data_lines(spec, staging.paths, staging.uploads, processes):
             out.print(f"  {line}", markup=False)
         inf = spec.inference
@@ -198,13 +203,17 @@ def fetched_status(run_dir: Path, host: str) -> bytes | None:
     return path.read_bytes() if path.exists() else None
 
 
-def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resume: bool = False) -> int:
+def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resume: bool = False,
+                   layout: dict[str, dict] | None = None) -> int:
     """Run (or re-follow) the session playbook with live progress; fetch, summarise, update the ledger.
+    `layout`: a new multi-node job's (cluster_layout); a resume lays the job out again.
 
     The ledger records what happened to the session: a resume refused before it changed anything (the
     session still runs, say) leaves the host's entry as it was."""
     plan = json.loads((Path(entry.run_dir) / "session.json").read_text())
     run_dir = Path(entry.run_dir)
+    if resume:
+        layout = cluster_layout(inventory, plan.get("cluster_hosts", []), plan["job"]["spec"]["cluster"]["port"])
     before = {host: fetched_status(run_dir, host) for host in entry.hosts}
     extravars = {
         "train_session_id": entry.id,
@@ -214,6 +223,7 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resu
         "train_session_fetch": plan["job"]["spec"]["output"]["fetch"],
         "train_session_attach": attach,
         "train_session_cluster_hosts": plan.get("cluster_hosts", []),
+        "train_session_cluster_layout": layout or {},
     }
     peers = PeerWatch(inventory, entry.hosts, entry.id) if plan.get("cluster_hosts") else None
 
@@ -317,6 +327,7 @@ def train(job_file: str | None, hosts: str | None, inventory_path: str | None, o
     if dry_run:
         print_plan(spec, staging, inventory, chosen, cluster)
         return EXIT_OK
+    layout = cluster_layout(inventory, cluster, spec.cluster.port)  # before anything is recorded or changed
     session_id = new_session_id()
     run_dir = runs_dir() / session_id
     write_plan(run_dir, {"job": {"spec": spec.model_dump(), "paths": staging.paths,
@@ -327,4 +338,4 @@ def train(job_file: str | None, hosts: str | None, inventory_path: str | None, o
     ledger.record(entry)
     err.print(f"session {session_id} on {', '.join(chosen)}" + (" (one multi-node job)" if cluster else ""),
               markup=False)
-    return follow_session(entry, inventory, attach=False)
+    return follow_session(entry, inventory, attach=False, layout=layout)

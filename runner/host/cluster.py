@@ -1,10 +1,10 @@
 """Multi-node sessions on one host: which interface carries the cluster address, and the wait for GO.
 
-The controller stages the job with a `cluster` part (this host's machine rank, the first host's address
-and port, this host's own address). The supervisor caps power, stops inference and waits for free GPUs
-like any session, then reports `ready` and waits: the controller writes GO in every host's session folder
-once all of them are ready, or a STOP saying "refused: <which host was not ready>" when one is not, so
-nobody trains unless everyone can.
+The controller lays the job out (runner/cluster.py) and stages it with this host's `cluster` part (its machine
+rank, the first host's address and port, its own address and interface, the processes each machine starts).
+The supervisor caps power, stops inference and waits for free GPUs like any session, then reports `ready` and
+waits: the controller writes GO in every host's session folder once all of them are ready, or a STOP saying
+"refused: <which host was not ready>" when one is not, so nobody trains unless everyone can.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def resolve(address: str) -> str:
     try:
         return socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)[0][4][0]
     except (socket.gaierror, IndexError):
-        raise ClusterError(f"cluster address {address} does not resolve on this host; set cluster_address "
-                           "in the inventory to its IP on the cluster network") from None
+        raise ClusterError(f"cluster address {address} does not resolve on this host; set "
+                           "train_session_cluster_address in the inventory to its IP on the cluster network") from None
 
 
 def interfaces() -> dict[str, list[str]]:
@@ -55,16 +55,17 @@ def interface_for(address: str, wanted: str | None = None) -> str:
     found = interfaces()
     if wanted:
         if wanted not in found:
-            raise ClusterError(f"cluster_interface {wanted} is not on this host (it has {', '.join(found)}); "
-                               "fix cluster_interface in the inventory")
+            raise ClusterError(f"train_session_cluster_interface {wanted} is not on this host (it has "
+                               f"{', '.join(found)}); fix train_session_cluster_interface in the inventory")
         return wanted
     for name, addresses in found.items():
         if ip in addresses:
             if name == "lo":
                 break
             return name
-    raise ClusterError(f"no interface of this host holds its cluster address {ip}; set cluster_address in the "
-                       "inventory to this host's address on the network the hosts share (or cluster_interface)")
+    raise ClusterError(f"no interface of this host holds its cluster address {ip}; set "
+                       "train_session_cluster_address in the inventory to this host's address on the network the "
+                       "hosts share (or train_session_cluster_interface)")
 
 
 def hosts_rendezvous(job: dict) -> bool:

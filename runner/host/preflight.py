@@ -75,27 +75,37 @@ def check(job: dict, training_root: Path, config: power.PowerConfig) -> Prefligh
     result.strategy, result.strategy_reason = pick_strategy(spec, job["paths"]["model"], result.gpus,
                                                             job.get("cluster"))
     if job.get("cluster"):
-        result.cluster_interface = check_cluster(job["cluster"])
+        result.cluster_interface = check_cluster(job["cluster"], result.gpus)
         result.notes.append(cluster.describe(job["cluster"], result.cluster_interface))
     return result
 
 
-def check_cluster(part: dict) -> str:
+def check_cluster(part: dict, gpus: list[nvml.Gpu]) -> str:
+    """This host's GPUs are those the controller laid the job out for; the interface that holds its address."""
+    per_machine = int(part["processes_per_machine"])
+    if [g.memory_total_mib for g in gpus[:per_machine]] != part["gpu_memory_mib"][int(part["machine_rank"])]:
+        raise Refusal(f"this host's GPUs changed since the controller laid out the multi-node job ({len(gpus)} now, "
+                      f"{per_machine} process(es) a machine planned); run 'runner train' again")
     try:
         return cluster.interface_for(part["address"], part.get("interface") or None)
     except cluster.ClusterError as err:
         raise Refusal(str(err)) from None
 
 
-def pick_strategy(spec: dict, model: str, gpus: list[nvml.Gpu], cluster: dict | None = None) -> tuple[str, str]:
-    """DDP or FSDP across the job's GPUs, and why; the job may set it. A multi-node job counts every
-    machine's processes (this host's share of them uses its first GPUs); the playbook then takes FSDP for
-    the whole job if any host needs it."""
-    wanted = spec.get("strategy", "auto")
-    memory = [g.memory_total_mib / 1024 for g in gpus]
+def job_gpu_memory_gib(gpus: list[nvml.Gpu], cluster: dict | None = None) -> list[float]:
+    """The memory of every GPU the job trains on: this host's, or for a multi-node job every machine's share as
+    the controller laid it out (runner.cluster.lay_out), so that every host sizes the same list."""
     if cluster:
-        share = memory[: int(cluster["processes_per_machine"])]
-        memory = share * int(cluster["num_machines"]) if share else []
+        return [mib / 1024 for machine in cluster["gpu_memory_mib"] for mib in machine]
+    return [g.memory_total_mib / 1024 for g in gpus]
+
+
+def pick_strategy(spec: dict, model: str, gpus: list[nvml.Gpu], cluster: dict | None = None) -> tuple[str, str]:
+    """DDP or FSDP across the job's GPUs, and why; the job may set it. A multi-node job's strategy is the whole
+    job's, the same on every host: sized over every machine's GPUs (job_gpu_memory_gib), FSDP where the smallest
+    of them cannot hold the weights. The one rule: the host's check, the supervisor and the dry run call it."""
+    wanted = spec.get("strategy", "auto")
+    memory = job_gpu_memory_gib(gpus, cluster)
     if len(memory) < 2:
         return "ddp", ""
     if wanted != "auto":

@@ -7,9 +7,12 @@ import sys
 import time
 
 import pytest
+from helpers import REPO
 from simhost import A_3090TI, A_4090, phase, spec
 
+from runner.cluster import lay_out
 from runner.host import cluster
+from runner.inventory import Inventory
 
 
 def own_address() -> tuple[str, str]:
@@ -38,9 +41,14 @@ def test_a_wrong_cluster_address_or_interface_is_named(address, wanted, message)
 
 
 def cluster_part(rank: int = 1) -> dict:
-    address, _ = own_address()
-    return {"num_machines": 2, "machine_rank": rank, "main_address": "10.0.0.1", "address": address,
-            "port": 29500, "interface": "", "processes_per_machine": 1}
+    """This host's part of a two-machine job as the controller lays it out (runner.cluster.lay_out): the peer,
+    at 10.0.0.1, has one 1.6 GiB card, so each machine runs one process and the job needs FSDP."""
+    gpus = json.loads((REPO / "tests" / "gpu_sim" / "profiles" / "a.json").read_text())["gpus"]
+    facts = {"peer": {"gpus": [{**gpus[0], "memory_total_mib": 1600}]}, "this": {"gpus": gpus}}
+    hosts = ["peer", "this"] if rank == 1 else ["this", "peer"]
+    inventory = Inventory(None, hosts, {"peer": {"ansible_host": "10.0.0.1"},
+                                        "this": {"train_session_cluster_address": own_address()[0]}})
+    return lay_out(inventory, hosts, facts, 29500).parts["this"]
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="setting power limits needs root, like the driver")
@@ -69,7 +77,9 @@ def test_a_host_waits_capped_until_told_and_a_stop_restores_it_untrained(host):
     try:
         status = wait_phase(session, "ready")
         assert host.limits_w() == {A_3090TI: 300, A_4090: 300}  # capped, GPUs free: waiting for the others
-        assert "machine 1 of 2" in phase(status, "preflight")["detail"]
+        checked = phase(status, "preflight")["detail"]
+        assert "machine 1 of 2" in checked
+        assert "fsdp: 16-bit weights" in checked  # the job's strategy, sized over the peer's card too
         (session / "STOP").write_text("refused: th1 (refused: GPU busy) was not ready\n")
         assert proc.wait(timeout=60) == 3
     finally:
@@ -110,6 +120,14 @@ def test_a_cluster_address_the_host_does_not_hold_is_refused_before_any_change(h
     part = {**cluster_part(), "address": "192.0.2.254"}
     rc, status = host.run(host.session_dir(spec(), cluster=part))
     assert rc == 3 and "no interface of this host holds its cluster address" in status["error"]
+    assert host.limits_w() == {A_3090TI: 450, A_4090: 450}
+
+
+@needs_root
+def test_a_host_whose_gpus_changed_since_the_layout_is_refused_before_any_change(host):
+    part = {**cluster_part(), "gpu_memory_mib": [[1600], [8192]]}  # laid out when this host had an 8 GiB card
+    rc, status = host.run(host.session_dir(spec(), cluster=part))
+    assert rc == 3 and "GPUs changed since the controller laid out the multi-node job" in status["error"]
     assert host.limits_w() == {A_3090TI: 450, A_4090: 450}
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from helpers import REPO
 
+from runner.cluster import lay_out
+from runner.inventory import Inventory
 from runner.plan import data_lines, processes_line, samples_line, steps_line
 from runner.spec import validate_spec
 
@@ -32,8 +34,9 @@ def test_processes_and_the_strategy_the_host_will_pick(tiny_model):
     assert "; fsdp: 16-bit weights" in processes_line(two_small, spec(), TINY, 2, "bf16")  # 2 GiB cards pool
     assert "; fsdp: set by the job;" in processes_line(two_big, spec(strategy="fsdp"), TINY, 2, "bf16")
     assert "decided when it is there" in processes_line(two_big, spec(), None, 2, "bf16")
-    layout = {"num_machines": 2, "processes_per_machine": 1}
-    assert processes_line([gpu(0, 24576)], spec(), TINY, 2, "bf16", layout).startswith(
+    machines = lay_out(Inventory(None, ["a", "b"], {"a": {}, "b": {}}), ["a", "b"],
+                       {"a": {"gpus": two_big}, "b": {"gpus": [gpu(0, 24576)]}}, 29500)
+    assert processes_line(two_big, spec(), TINY, 2, "bf16", machines.parts["a"]).startswith(
         "processes: 2 in all, 1 on each of 2 machines; ddp: ")
 
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from sessionkit import SESSIONS, Background, assert_restored, host_status, job_file, session_of, train, wait_for_step
 
-from runner.cluster import address
+from runner.cluster import address, lay_out
+from runner.commands.train import probe_hosts
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow]
 
@@ -44,9 +45,19 @@ def test_one_job_on_two_hosts_trains_one_adapter_and_restores_both(provisioned, 
     assert (run / "th1" / "adapter" / "adapter_model.safetensors").exists()
     assert not (run / "th2" / "adapter").exists()  # one adapter: rank 0's
     assert (run / "th1" / "telemetry.jsonl").exists() and (run / "th2" / "telemetry.jsonl").exists()
-    config = yaml.safe_load(th2.ssh(f"cat {SESSIONS}/{session}/accelerate.yaml").stdout)
-    assert (config["num_machines"], config["machine_rank"], config["num_processes"]) == (2, 1, 2)
-    assert config["main_process_ip"] == address(inventory, "th1") and config["main_process_port"] == 29611
+    # what each host's accelerate config says is the layout the controller works out, and the strategy each
+    # host's check picked, which the trainer reads back
+    machines = lay_out(inventory, ["th1", "th2"], probe_hosts(inventory, ["th1", "th2"]), 29611)
+    for name, host in (("th1", th1), ("th2", th2)):
+        config = yaml.safe_load(host.ssh(f"cat {SESSIONS}/{session}/accelerate.yaml").stdout)
+        part = machines.parts[name]
+        assert (config["num_machines"], config["machine_rank"], config["main_process_ip"],
+                config["num_processes"], config["main_process_port"]) == (
+            part["num_machines"], part["machine_rank"], part["main_address"],
+            part["processes_per_machine"] * part["num_machines"], part["port"])
+        assert config["distributed_type"] == "MULTI_GPU" and starts[name]["strategy"] == "ddp"
+    assert (machines.parts["th2"]["machine_rank"], machines.per_machine) == (1, 1)
+    assert machines.main_address == address(inventory, "th1")
     assert "collectives over eth0" in phase(status["th2"], "ready")["detail"]
     assert status["th1"]["rendezvous"] == "rendezvous port 29611 reachable over eth0 only"
     assert th1.ssh("nft list table inet gpu_runner_rendezvous", check=False).returncode != 0
