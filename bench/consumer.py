@@ -222,10 +222,17 @@ def pair(args: argparse.Namespace) -> None:
     out = Path(args.out)
     results: dict[str, list[dict[str, Any]]] = {}
     for recipe in args.recipes.split(","):
-        # the baseline at each token budget asked for (--hf-tokens 2048,4096): its best is the one compared
+        # the baseline at each budget asked for: "4096" (checkpointing as --hf-checkpointing) or "2048:plain"
         budgets = str(args.hf_tokens).split(",") if recipe == "hf" else [None]
         for budget in budgets:
-            run_args = argparse.Namespace(**{**vars(args), "hf_tokens": budget or args.hf_tokens})
+            tokens, _, mode = (budget or "").partition(":")
+            run_args = argparse.Namespace(
+                **{
+                    **vars(args),
+                    "hf_tokens": tokens or args.hf_tokens,
+                    "hf_checkpointing": "false" if mode == "plain" else args.hf_checkpointing,
+                }
+            )
             work = Path(tempfile.mkdtemp(prefix=f"{args.row}-{recipe}-", dir=args.work))
             log(f"{args.row}: {recipe}" + (f" ({budget} tokens a batch)" if recipe == "hf" else ""))
             result = run_ours(run_args, work) if recipe == "ours" else run_baseline(run_args, work)
@@ -243,7 +250,13 @@ def pair(args: argparse.Namespace) -> None:
                 "ours": round(ours["tokens_per_s"]),
                 "hf": round(hf["tokens_per_s"]),
                 "hf_best_tokens_per_batch": hf.get("hf_tokens_per_batch"),
-                "hf_tried": {r.get("hf_tokens_per_batch"): round(r.get("tokens_per_s") or 0) for r in results["hf"]},
+                "hf_best_checkpointing": hf.get("checkpointing"),
+                "hf_tried": {
+                    f"{r.get('hf_tokens_per_batch')}{'' if r.get('checkpointing') else ':plain'}": round(
+                        r.get("tokens_per_s") or 0
+                    )
+                    for r in results["hf"]
+                },
             },
             out,
         )
@@ -292,7 +305,7 @@ def smoke(args: argparse.Namespace) -> None:
             row="tiny-lora",
             method="lora",
             max_seq_len=256,
-            hf_tokens="256,512",
+            hf_tokens="256,512:plain",
             warmup=1,
             steps=2,
             recipes="ours,hf",
