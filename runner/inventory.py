@@ -17,10 +17,14 @@ LOCALHOST_INVENTORY = (
 )
 
 # Inventory variables renamed to carry their role's prefix (old name -> new name): the old name still works, and
-# says so once a run.
+# says so once a run. The roles' defaults fall back to the old names of the last four too (ansible-playbook alone).
 RENAMED = {
     "cluster_address": "train_session_cluster_address",
     "cluster_interface": "train_session_cluster_interface",
+    "psu_w": "gpu_power_psu_w",
+    "system_w": "gpu_power_system_w",
+    "gpu_uuids": "train_session_gpu_uuids",
+    "hf_token": "train_session_hf_token",
 }
 _warned: set[str] = set()
 

@@ -17,7 +17,7 @@ def plan_text(name: str, report: dict) -> tuple[str, bool]:
     if not gpus:
         return f"{name}: no GPUs ({report.get('nvml', 'NVML unavailable')})", True
     if not power.get("psu_w"):
-        return f"{name}: PSU size unknown: set psu_w in the inventory and run 'runner setup'", True
+        return f"{name}: PSU size unknown: set gpu_power_psu_w in the inventory and run 'runner setup'", True
     lines, fits = [f"{name}: PSU {float(power['psu_w']):.0f} W"], True
     for profile in ("standing", "session"):
         budget = headroom(report, power.get(f"{profile}_w") or {})
@@ -32,8 +32,9 @@ def plan_text(name: str, report: dict) -> tuple[str, bool]:
     return "\n".join(lines), fits
 
 
-# Inventory variables that override what the host was provisioned with (a plan before `runner setup`)
-INVENTORY_KEYS = {"psu_w": "psu_w", "system_w": "system_w", "gpu_power_margin": "margin",
+# Inventory variables that override what the host was provisioned with (a plan before `runner setup`); their
+# old names (psu_w, system_w) arrive under these by runner.inventory.RENAMED
+INVENTORY_KEYS = {"gpu_power_psu_w": "psu_w", "gpu_power_system_w": "system_w", "gpu_power_margin": "margin",
                   "gpu_power_standing_w": "standing_w", "gpu_power_session_w": "session_w"}
 
 
