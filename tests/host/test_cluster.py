@@ -132,6 +132,7 @@ def test_a_host_whose_gpus_changed_since_the_layout_is_refused_before_any_change
 
 
 @needs_root
+@pytest.mark.slow  # a trainer process
 def test_a_stop_while_the_trainer_waits_for_a_peer_that_never_comes_ends_it_at_once(host, tmp_path):
     from runner.templates import render
 

@@ -60,6 +60,7 @@ def restore(session: Path) -> dict:
     return read_status(session)["restore"]
 
 
+@pytest.mark.slow  # a session with a trainer; the launcher case below stays fast
 def test_a_supervisor_killed_outright_takes_its_trainer_along(host):
     session, supervisor = start_training(host)
     supervisor.kill()
@@ -97,6 +98,7 @@ def test_the_restore_ends_a_stray_trainer_before_handing_the_gpus_back(host):
     assert record["ok"] and record["trainer"].startswith(f"not running; ended stray trainer process(es) {stray.pid}")
 
 
+@pytest.mark.slow  # the restore's TERM, then KILL, waits
 def test_a_trainer_the_restore_cannot_end_keeps_inference_stopped_and_says_so():
     # The restore runs as 'nobody' here, so the root-owned stray trainer is beyond its reach (as a trainer of
     # another user's would be); inference must then stay stopped, loudly

@@ -134,6 +134,7 @@ def test_session_refuses_bad_data_before_power_is_capped(host):
 
 
 @needs_root
+@pytest.mark.slow  # a whole session; the log's error line is found in the fast tier
 def test_a_trainer_failure_names_the_trainers_own_error(host, tmp_path):
     """Weights the probe does not read (it loads no weights) break only in the trainer: the error carries its line."""
     def corrupt_weights(folder: Path) -> None:
@@ -150,6 +151,7 @@ def test_a_trainer_failure_names_the_trainers_own_error(host, tmp_path):
 
 
 @needs_root
+@pytest.mark.slow  # a whole session with a trainer
 def test_dropped_and_truncated_records_are_counted_on_screen(host, tmp_path):
     records = [json.loads(line) for line in DEMO.read_text().splitlines()[:40]]
     records += [

@@ -79,6 +79,7 @@ def read_status(session) -> dict:
     return json.loads(path.read_text() or "{}") if path.exists() else {}
 
 
+@pytest.mark.slow  # a session with a trainer until the heat stop
 def test_heat_stops_the_trainer_gracefully_and_restores(host):
     session = host.session_dir(spec(train={"max_steps": 50000, "save_steps": 20000},
                                     power={"max_temperature_c": 85, "hot_grace_s": 2}))

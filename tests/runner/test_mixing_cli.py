@@ -39,6 +39,7 @@ def plan_lines(result) -> list[str]:
     return [line.strip() for line in result.stdout.splitlines() if line.strip().startswith(("data:", "mix", "steps:"))]
 
 
+@pytest.mark.slow  # three dry runs; tests/train/test_mixing.py draws mixes by the seed in-process
 def test_dry_run_shows_the_mix_drawn_by_the_seed(home, tiny_model):
     first = plan_lines(run_runner("train", job(home), "--dry-run"))
     # 238 records: 178.5 and 59.5, the remainder to the first; pc.jsonl's 40 records all once, 19 twice

@@ -59,6 +59,7 @@ def test_the_adapter_names_the_jobs_model_and_its_card_says_what_was_trained(wri
     assert "eval loss" not in rows  # no eval section, no eval rows
 
 
+@pytest.mark.slow  # a trainer process
 def test_without_a_name_the_base_is_the_model_it_was_trained_from(write_config, tmp_path, tiny_model):
     finish(launch(write_config({"max_steps": 2})))
     assert base_of(tmp_path / "output" / "adapter") == str(tiny_model)
@@ -119,6 +120,7 @@ def test_the_data_digest_covers_every_file(tmp_path, folder):
     assert data_digest("HuggingFaceH4/no_robots").sha256 is None  # a hub id: read on the host, no bytes here
 
 
+@pytest.mark.slow  # a trainer process
 def test_the_card_gives_the_eval_loss_and_the_step_the_adapter_holds(write_config, metrics, tmp_path):
     finish(launch(write_config({"max_steps": 6, "learning_rate": 0.05}, eval={"split": 0.1, "every_steps": 2})))
     records = metrics()
@@ -134,6 +136,7 @@ def test_the_card_gives_the_eval_loss_and_the_step_the_adapter_holds(write_confi
     assert base_of(tmp_path / "output" / "adapter") == str(DEMO_DATA.parents[1] / "models" / "tiny-chat")
 
 
+@pytest.mark.slow  # two DDP processes
 def test_the_card_counts_every_process_of_the_job(write_config, tmp_path):
     finish(launch(write_config({"max_steps": 2}, base_model_name="acme/tiny-chat-base"), processes=2))
     _, rows = card_of(tmp_path / "output" / "adapter")

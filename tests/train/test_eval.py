@@ -102,6 +102,7 @@ def test_patience_stops_early_and_the_best_evaluated_adapter_is_the_final_one(wr
     assert abs(kept - evals[-1]["eval_loss"]) > 1e-3
 
 
+@pytest.mark.slow  # two DDP processes
 def test_two_processes_evaluate_every_held_out_example_once(write_config, metrics, tmp_path, tiny_model):
     """Two DDP ranks share 21 held-out examples unevenly; the loss they agree on is the one-by-one loss."""
     finish(launch(write_config({"max_steps": 3}, eval={"split": 21}), processes=2))
@@ -113,6 +114,7 @@ def test_two_processes_evaluate_every_held_out_example_once(write_config, metric
     assert evaluation["step"] == 3 and evaluation["eval_loss"] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow  # three trainer runs of 30 steps
 def test_a_stopped_and_resumed_run_keeps_its_best_evaluation(write_config, metrics, tmp_path):
     """Stopped after its best evaluation, then resumed: the same evaluations, best step and adapter as a run
     never stopped (the best so far travels in the checkpoint, its adapter in output/best)."""
@@ -148,6 +150,7 @@ def test_a_stopped_and_resumed_run_keeps_its_best_evaluation(write_config, metri
         torch.testing.assert_close(kept[name], weight, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # two trainer runs
 def test_no_eval_section_changes_nothing(write_config, metrics, tmp_path):
     """Without eval: no eval lines or fields. With a separate eval file: the same training, step for step
     (evaluation takes no random numbers and changes no weights; dropout on)."""
@@ -172,6 +175,7 @@ def test_no_eval_section_changes_nothing(write_config, metrics, tmp_path):
         torch.testing.assert_close(weights[name], weight, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow  # a trainer process; test_split_is_drawn_by_the_seed checks the message in-process
 def test_bad_eval_settings_end_the_trainer_with_one_line(write_config, tmp_path):
     proc = launch(write_config(eval={"split": 1000}))
     out, _ = proc.communicate(timeout=600)

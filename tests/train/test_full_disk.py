@@ -22,6 +22,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.slow  # a trainer process; test_supervisor_full_disk covers a full disk in the fast tier
 def test_a_full_disk_ends_with_one_line_and_no_partial_checkpoint(write_config, metrics, small_disk):
     output = small_disk / "output"
     proc = launch(write_config({"max_steps": 6, "save_steps": 2}, output_dir=str(output)))

@@ -137,6 +137,7 @@ def test_bad_sources_are_one_line(bad, message):
         config(bad)
 
 
+@pytest.mark.slow  # a trainer process; the tests above mix in-process
 def test_the_trainer_trains_on_the_mix_and_says_what_each_source_gave(write_config, metrics, tmp_path, sources):
     out = finish(launch(write_config({"max_steps": 2, "seed": 3}, dataset=sources, format="chat",
                                      eval={"split": 0.1})))

@@ -44,6 +44,7 @@ def test_held_out_prompts_answered_by_base_and_fine_tune(write_config, tmp_path)
     print(f"samples step: {took.group(1)} s for 3 prompts x 2, at most 24 new tokens (tiny model, CPU)")
 
 
+@pytest.mark.slow  # a trainer process; the fast tier samples held-out prompts
 def test_without_eval_the_training_records_are_sampled_and_marked(write_config, tmp_path):
     finish(launch(write_config(HIGH_LR, samples={"count": 2, "max_new_tokens": 8})))
     found = rows(tmp_path)
@@ -52,6 +53,7 @@ def test_without_eval_the_training_records_are_sampled_and_marked(write_config, 
     assert "NOT held out, the fine-tune has trained on them" in (tmp_path / "output" / "samples.md").read_text()
 
 
+@pytest.mark.slow  # a trainer process
 def test_the_budget_stops_the_step_and_says_so(write_config, tmp_path):
     out = finish(launch(write_config(HIGH_LR, samples={"count": 4, "budget_s": 0.001})))
     found = rows(tmp_path)
@@ -65,6 +67,7 @@ def test_the_budget_stops_the_step_and_says_so(write_config, tmp_path):
     assert (tmp_path / "output" / "adapter" / "adapter_model.safetensors").exists()  # the session still succeeds
 
 
+@pytest.mark.slow  # a trainer process
 def test_count_0_turns_samples_off(write_config, tmp_path):
     finish(launch(write_config({"max_steps": 2}, samples={"count": 0})))
     assert not (tmp_path / "output" / "samples.md").exists() and not (tmp_path / "output" / "samples.jsonl").exists()
@@ -80,6 +83,7 @@ def test_the_spec_refuses_a_bad_samples_section(samples, problem):
         validate_spec({"model": "m", "dataset": "d.jsonl", "samples": samples})
 
 
+@pytest.mark.slow  # two DDP processes
 def test_two_processes_rank_0_writes_while_the_other_waits(write_config, tmp_path):
     finish(launch(write_config({"max_steps": 4, "save_steps": 100}, samples={"count": 2, "max_new_tokens": 8}),
                   processes=2))

@@ -37,6 +37,7 @@ def test_single_process_trains_and_writes_the_contract(write_config, metrics, tm
     assert "step 6/6" in out
 
 
+@pytest.mark.slow  # a trainer process; test_adapter_card loads a trained adapter with PEFT in the fast tier
 def test_adapter_loads_with_peft(write_config, metrics, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -47,6 +48,7 @@ def test_adapter_loads_with_peft(write_config, metrics, tiny_model):
 
 
 @pytest.mark.parametrize("how", ["stop_file", "sigterm"])
+@pytest.mark.slow  # three trainer runs of 30 steps
 def test_stop_then_resume_matches_an_uninterrupted_run(write_config, metrics, tmp_path, how):
     lora = {"rank": 8, "alpha": 16, "dropout": 0.1}  # dropout: the RNG must be restored too
     train = {"max_steps": 30, "save_steps": 100}
@@ -76,6 +78,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(write_config, metrics, tm
         torch.testing.assert_close(weight, whole[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # two DDP runs of two processes
 def test_two_processes_agree_to_stop_and_resume(write_config, metrics, tmp_path):
     config = write_config({"max_steps": 40, "save_steps": 100})
     proc = launch(config, processes=2)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from launching import REPO
 
 
@@ -48,6 +49,7 @@ def records(node: Path) -> list[dict]:
     return [json.loads(line) for line in (node / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # two accelerate launches of two machines
 def test_two_machines_shard_stop_together_resume_and_leave_one_adapter(tmp_path, write_config):
     configs = [node_config(tmp_path, write_config, rank) for rank in (0, 1)]
     nodes = [c.parent for c in configs]
