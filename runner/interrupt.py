@@ -16,11 +16,11 @@ from contextlib import contextmanager
 
 from rich.console import Console
 
+from runner.host import answers
 from runner.inventory import Inventory
 from runner.playbook import host_answers
 
 CTRL_C = "Ctrl-C on the controller"  # the cause each host records and the summary prints
-STOP_TASK = "Ask the session to stop (checkpoint, then restore)"
 RETRY_S = 3.0  # a host not staged yet: ask again after this long
 
 
@@ -76,12 +76,12 @@ class Interrupt:
         extravars = {"train_session_id": self.session_id, "train_session_action": "stop",
                      "train_session_stop_reason": CTRL_C}
         while pending and not self.playbook_done.is_set():
-            answers, _ = host_answers("session", self.inventory, pending, (STOP_TASK,), extravars,
-                                      raise_on_failure=False)
-            self.reached.update(answers)
-            for host in answers:
+            took, _ = host_answers("session", self.inventory, pending, (answers.STOP,), extravars,
+                                   raise_on_failure=False)
+            self.reached.update(took)
+            for host in took:
                 self.console.print(f"{host}: stop requested; it checkpoints, then restores", markup=False)
-            pending = [h for h in pending if h not in answers and not self.ended(h)]
+            pending = [h for h in pending if h not in took and not self.ended(h)]
             if pending:
                 self.playbook_done.wait(RETRY_S)
 

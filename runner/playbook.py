@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import ansible_runner
 
 from runner.errors import RunnerError
+from runner.events import tagged_answer
 from runner.inventory import Inventory
 from runner.paths import REPO_ROOT, data_dir
 
@@ -53,7 +53,8 @@ class Run:
 
 
 def failure_text(res: dict) -> str:
-    """What a failed task says: a command's own last line (e.g. 'refused: ...'), else Ansible's message."""
+    """What a failed task says: a command's own last line (a refusal: runner.host.answers.refused), else Ansible's
+    message."""
     for stream in ("stdout", "stderr"):
         lines = [line for line in str(res.get(stream) or "").splitlines() if line.strip()]
         if "rc" in res and lines:
@@ -117,18 +118,15 @@ def run_playbook(name: str, inventory: Inventory, hosts: list[str], extravars: d
     return run
 
 
-def host_answers(name: str, inventory: Inventory, hosts: list[str], tasks: tuple[str, ...],
+def host_answers(name: str, inventory: Inventory, hosts: list[str], kinds: tuple[str, ...],
                  extravars: dict | None = None, raise_on_failure: bool = True) -> tuple[dict[str, dict], Run]:
-    """Run playbooks/<name>.yml and keep each host's answer from the named task(s): the JSON line its
-    command printed last, or a debug task's msg. Hosts that failed or were unreachable have none."""
-    answers: dict[str, dict] = {}
+    """Run playbooks/<name>.yml and keep each host's last answer tagged with one of KINDS (runner.host.answers),
+    without its tag. Hosts that failed or were unreachable have none."""
+    found: dict[str, dict] = {}
 
     def keep(event: dict) -> None:
-        data = event.get("event_data", {})
-        if event.get("event") == "runner_on_ok" and data.get("task") in tasks:
-            res = data["res"]
-            lines = res.get("stdout_lines")
-            answers[data["host"]] = json.loads(lines[-1]) if lines else res.get("msg", {})
+        if answer := tagged_answer(event, kinds):
+            found[answer[0]] = answer[1]
 
     run = run_playbook(name, inventory, hosts, extravars, on_event=keep, raise_on_failure=raise_on_failure)
-    return answers, run
+    return found, run

@@ -6,30 +6,26 @@ On a TTY the lines update in place; elsewhere a line is printed when a host's pr
 
 from __future__ import annotations
 
-import json
 import time
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from runner.events import tagged_answer
+from runner.host import answers
 from runner.train.mixing import mix_line
 
-# The tasks whose every retry reports a host's status.json (multi-node jobs wait for every host first)
-FOLLOW_TASK = "Follow the session"
-FOLLOW_TASKS = (FOLLOW_TASK, "Wait until every host is ready")
+# What reports a host's status.json at every retry of its task: following the session, and before that, in a
+# multi-node job, waiting until every host is ready
+FOLLOWED = (answers.STATUS, answers.READY)
 PRINT_EVERY_S = 5.0
 
 
-def host_status(event: dict) -> tuple[str, dict] | None:
-    """(host, status) from an ansible-runner event of a follow task; None for any other event."""
-    data = event.get("event_data", {})
-    if data.get("task") not in FOLLOW_TASKS or event.get("event") not in ("runner_retry", "runner_on_ok"):
-        return None
-    try:
-        return data.get("host", "?"), json.loads(data.get("res", {}).get("stdout") or "{}")
-    except json.JSONDecodeError:
-        return None
+def host_status(event: dict, kinds: tuple[str, ...] = FOLLOWED) -> tuple[str, dict] | None:
+    """(host, status) from an ansible-runner event (a retry or the end of a task) that carries a status answer
+    of KINDS; None for any other event."""
+    return tagged_answer(event, kinds, events=("runner_retry", "runner_on_ok"))
 
 
 # The playbook's long tasks, in the user's words (by the start of the task's name; display only: a renamed task

@@ -13,11 +13,11 @@ from rich.console import Console
 
 from runner import ledger
 from runner.errors import EXIT_OK, Refused, RunnerError, UsageError
+from runner.host import answers
 from runner.inventory import Inventory, load_inventory
 from runner.playbook import host_answers
 
 out = Console(soft_wrap=True)
-TASK = "Free the space of finished sessions (a running one is refused)"
 UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -59,17 +59,17 @@ def target(session_id: str | None, older_than: str | None, hosts: str | None,
 
 def ask(inventory: Inventory, hosts: list[str], request: dict) -> tuple[dict[str, dict], RunnerError | None]:
     """Each host's answer, and what failed: a running session named refuses (exit 3), anything else is exit 1."""
-    answers, run = host_answers("clean", inventory, hosts, (TASK,), {"train_session_clean": request},
-                                raise_on_failure=False)
-    refused = {h: f for h, f in run.failures.items() if f.startswith("refused: ")}
+    found, run = host_answers("clean", inventory, hosts, (answers.CLEAN,), {"train_session_clean": request},
+                              raise_on_failure=False)
+    refused = {h: why for h, f in run.failures.items() if (why := answers.refused(f)) is not None}
     if refused:
         host, why = next(iter(refused.items()))
-        return answers, Refused(f"{host}: {why.removeprefix('refused: ')}. Nothing was removed.")
+        return found, Refused(f"{host}: {why}. Nothing was removed.")
     if run.failures:
         detail = "; ".join(f"{h}: {f}" for h, f in run.failures.items())
-        return answers, RunnerError(f"runner clean failed on {', '.join(run.failures)}: {detail} "
-                                    f"(full log: {run.artifacts})")
-    return answers, None
+        return found, RunnerError(f"runner clean failed on {', '.join(run.failures)}: {detail} "
+                                  f"(full log: {run.artifacts})")
+    return found, None
 
 
 def report(host: str, answer: dict) -> None:
@@ -92,10 +92,10 @@ def clean(session_id: str | None, older_than: str | None, hosts: str | None, inv
         _, failed = ask(inventory, chosen, {**request, "dry_run": True})
         if failed:
             raise failed  # refused on one host: nothing removed on any
-    answers, failed = ask(inventory, chosen, {**request, "dry_run": dry_run})
+    answered, failed = ask(inventory, chosen, {**request, "dry_run": dry_run})
     for host in chosen:
-        if host in answers:
-            report(host, answers[host])  # what the hosts that answered freed, also when another failed
+        if host in answered:
+            report(host, answered[host])  # what the hosts that answered freed, also when another failed
     if failed:
         raise failed
     return EXIT_OK

@@ -7,16 +7,15 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import psu
+from runner.host import answers
 from runner.inventory import load_inventory
 from runner.playbook import host_answers
-
-REPORT_TASK = "Report the host"
 
 
 def gather(inventory_path: str | None, hosts: str | None) -> dict[str, dict]:
     """Each host's report from playbooks/hosts.yml (read-only): gpus, power, inference, health, venv."""
     inventory = load_inventory(inventory_path)
-    return host_answers("hosts", inventory, inventory.select(hosts), (REPORT_TASK,))[0]
+    return host_answers("hosts", inventory, inventory.select(hosts), (answers.REPORT,))[0]
 
 
 def headroom(report: dict, profile: dict) -> psu.Budget | None:

@@ -8,28 +8,29 @@ from rich.console import Console
 
 from runner import ledger
 from runner.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, UsageError
+from runner.host import answers
 from runner.inventory import Inventory, load_inventory
 from runner.playbook import Run, host_answers
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-LIST_TASK = "Read what the host serves"
-APPLY_TASK = "Serve the fine-tune, or revert to the base, health-gated with rollback"
+ANSWERS = {"list": answers.SERVE_LIST, "apply": answers.SERVE_APPLY, "revert": answers.SERVE_REVERT}
 
 
 def run_serve(inventory: Inventory, hosts: list[str], extravars: dict) -> tuple[dict[str, dict], Run]:
-    """The serve playbook on HOSTS; each host's JSON answer, and the run (its failures name the rest)."""
-    return host_answers("serve", inventory, hosts, (LIST_TASK, APPLY_TASK), extravars, raise_on_failure=False)
+    """The serve playbook on HOSTS; each host's answer to the action, and the run (its failures name the rest)."""
+    kind = ANSWERS[extravars["serve_model_action"]]
+    return host_answers("serve", inventory, hosts, (kind,), extravars, raise_on_failure=False)
 
 
-def report_failures(run: Run, answers: dict[str, dict]) -> int:
+def report_failures(run: Run, answered: dict[str, dict]) -> int:
     """One line per host that did not answer; EXIT_REFUSED when every failure was a refusal."""
     code = EXIT_OK
     for host, failure in run.failures.items():
-        if host in answers:
+        if host in answered:
             continue
         err.print(f"{host}: {failure}", style="red", markup=False)
-        refused = failure.startswith("refused: ")
+        refused = answers.refused(failure) is not None
         code = EXIT_FAILED if not refused or code == EXIT_FAILED else EXIT_REFUSED
     return code
 
@@ -48,25 +49,25 @@ def describe(answer: dict) -> str:
 
 
 def list_served(inventory: Inventory, hosts: list[str], as_json: bool) -> int:
-    answers, run = run_serve(inventory, hosts, {"serve_model_action": "list"})
+    answered, run = run_serve(inventory, hosts, {"serve_model_action": "list"})
     if as_json:
-        out.print_json(json.dumps(answers))
+        out.print_json(json.dumps(answered))
     else:
         for host in hosts:
-            if host in answers:
-                out.print(f"{host}: {describe(answers[host])}", markup=False)
-    return report_failures(run, answers)
+            if host in answered:
+                out.print(f"{host}: {describe(answered[host])}", markup=False)
+    return report_failures(run, answered)
 
 
 def revert(inventory: Inventory, hosts: list[str], health_timeout_s: int) -> int:
-    answers, run = run_serve(inventory, hosts, {"serve_model_action": "revert",
-                                                "serve_model_health_timeout_s": health_timeout_s})
-    for host, answer in answers.items():
+    answered, run = run_serve(inventory, hosts, {"serve_model_action": "revert",
+                                                 "serve_model_health_timeout_s": health_timeout_s})
+    for host, answer in answered.items():
         what = ", ".join(answer.get("names", []))
         out.print(f"{host}: serving the base model {what}" + (
             f", healthy after {answer['healthy_after_s']:.0f} s" if answer.get("changed") else " (unchanged)"),
             markup=False)
-    return report_failures(run, answers)
+    return report_failures(run, answered)
 
 
 def serve_session(session_id: str, merge: bool, hosts: str | None, inventory_path: str | None, name: str | None,
@@ -81,16 +82,16 @@ def serve_session(session_id: str, merge: bool, hosts: str | None, inventory_pat
     mode = "merge" if merge else "adapter"
     err.print(f"serving session {session_id} ({'merged' if merge else 'adapter'}) on {', '.join(chosen)}; "
               "vLLM restarts and must pass its health gate", markup=False)
-    answers, run = run_serve(inventory, chosen, {
+    answered, run = run_serve(inventory, chosen, {
         "serve_model_action": "apply", "serve_model_session": session_id, "serve_model_mode": mode,
         "serve_model_name": name or "", "serve_model_health_timeout_s": health_timeout_s})
-    for host, answer in answers.items():
+    for host, answer in answered.items():
         rank = (f", rank {answer['rank']} -> --max-lora-rank {answer['max_lora_rank']}"
                 if answer.get("max_lora_rank") else "")
         out.print(f"{host}: serving {answer['name']} ({answer['mode']} of session {session_id}{rank}) from "
                   f"{answer['path']}; {answer['unit']} healthy after {answer['healthy_after_s']:.0f} s",
                   markup=False)
-    return report_failures(run, answers)
+    return report_failures(run, answered)
 
 
 def serve(session_id: str | None, adapter: bool, merge: bool, hosts: str | None, inventory_path: str | None,

@@ -12,6 +12,7 @@ from rich.table import Column, Table
 from runner import ledger
 from runner.commands.train import follow_session, load_results
 from runner.errors import EXIT_OK
+from runner.host import answers
 from runner.inventory import load_inventory
 from runner.playbook import host_answers
 
@@ -20,16 +21,16 @@ err = Console(stderr=True, soft_wrap=True)
 FOLLOW_POLL_S = 2.0
 
 
-def host_results(entry: ledger.Entry, action: str, task: str, extravars: dict | None = None) -> dict[str, dict]:
-    """Run one session action on the entry's hosts; each host's JSON answer (unreachable hosts are left out)."""
-    return host_answers("session", load_inventory(entry.inventory), entry.hosts, (task,),
+def host_results(entry: ledger.Entry, action: str, kind: str, extravars: dict | None = None) -> dict[str, dict]:
+    """Run one session action on the entry's hosts; each host's answer of KIND (unreachable hosts are left out)."""
+    return host_answers("session", load_inventory(entry.inventory), entry.hosts, (kind,),
                         {"train_session_id": entry.id, "train_session_action": action, **(extravars or {})},
                         raise_on_failure=False)[0]
 
 
 def refresh(entry: ledger.Entry) -> dict[str, dict]:
     """Live state from the hosts; a session whose supervisor is gone without an outcome was interrupted."""
-    live = host_results(entry, "status", "Read the session status")
+    live = host_results(entry, "status", answers.STATUS)
     for host, status in live.items():
         outcome = status.get("outcome", "running")
         if outcome == "running" and not status.get("alive", True):
@@ -120,12 +121,12 @@ def logs(session_id: str, follow: bool) -> int:
     entry = ledger.get(session_id)
     offsets = {h: 0 for h in entry.hosts}
     while True:
-        answers = host_results(entry, "log", "Read the training log", {"train_session_log_offsets": offsets})
-        for host, answer in answers.items():
+        logged = host_results(entry, "log", answers.LOG, {"train_session_log_offsets": offsets})
+        for host, answer in logged.items():
             offsets[host] = answer["offset"]
             for line in answer["text"].splitlines():
                 out.print(f"{host}: {line}" if len(entry.hosts) > 1 else line, markup=False, highlight=False)
-        running = [a for a in answers.values() if a.get("outcome") == "running" and a.get("alive")]
+        running = [a for a in logged.values() if a.get("outcome") == "running" and a.get("alive")]
         if not follow or not running:
             return EXIT_OK
         time.sleep(FOLLOW_POLL_S)
@@ -139,7 +140,7 @@ def stop(session_id: str) -> int:
         hint = f"; 'runner train --resume {entry.id}' continues it" if entry.outcome == "interrupted" else ""
         err.print(f"session {entry.id} has already ended ({ended}); nothing to stop{hint}.", markup=False)
         return EXIT_OK
-    host_results(entry, "stop", "Ask the session to stop (checkpoint, then restore)")
+    host_results(entry, "stop", answers.STOP)
     err.print(f"stop requested on {', '.join(entry.hosts)}; following until restored", markup=False)
     return follow_session(entry, load_inventory(entry.inventory), attach=True)
 

@@ -16,6 +16,7 @@ from runner.credentials import hf_token_file
 from runner.dataset import check_uploaded_dataset, eval_plan, uploaded
 from runner.digest import with_digests
 from runner.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, UsageError
+from runner.host import answers
 from runner.host import session_files as files
 from runner.interrupt import Interrupt
 from runner.inventory import Inventory, load_inventory
@@ -23,7 +24,7 @@ from runner.paths import runs_dir
 from runner.plan import data_lines, processes_line, samples_line
 from runner.playbook import host_answers, run_playbook
 from runner.plot import plot_session
-from runner.progress import FOLLOW_TASK, Progress, host_status, task_started
+from runner.progress import Progress, host_status, task_started
 from runner.spec import JobSpec, load_spec
 from runner.templates import accelerate_config
 from runner.tensorboard import write_events
@@ -86,7 +87,7 @@ def new_session_id() -> str:
 
 def probe_hosts(inventory: Inventory, hosts: list[str]) -> dict[str, dict]:
     """GPU facts of each host, read through the probe playbook (changes nothing)."""
-    return host_answers("probe", inventory, hosts, ("Read GPU facts and the host lock",))[0]
+    return host_answers("probe", inventory, hosts, (answers.PROBE,))[0]
 
 
 def cluster_layout(inventory: Inventory, hosts: list[str], port: int) -> dict[str, dict]:
@@ -237,7 +238,7 @@ def follow_session(entry: ledger.Entry, inventory: Inventory, attach: bool, resu
         if not found:
             return
         progress.update(*found)
-        if peers and event["event_data"]["task"] == FOLLOW_TASK:  # once training; before, the barrier decides
+        if peers and host_status(event, (answers.STATUS,)):  # once training; before, the barrier (READY) decides
             peers.update(*found)
 
     with interrupt.caught():  # Ctrl-C asks the hosts to stop; the playbook follows on to the outcome they report
@@ -268,12 +269,13 @@ def record_outcome(entry: ledger.Entry, run: playbook.Run, plan: dict, before: d
     untouched = set()
     for host in entry.hosts:
         failure = run.failures.get(host, "")
-        refused = failure.startswith("refused: ")
-        if resume and refused and fetched_status(run_dir, host) == before[host]:
+        why = answers.refused(failure)
+        if resume and why is not None and fetched_status(run_dir, host) == before[host]:
             untouched.add(host)  # refused before anything was staged or started: the session is as it was
             results[host] = {}
         if not results[host] and failure:
-            results[host] = {"outcome": "refused" if refused else "failed", "error": failure.removeprefix("refused: ")}
+            results[host] = ({"outcome": "failed", "error": failure} if why is None
+                             else {"outcome": "refused", "error": why})
         summarize(host, results[host], run_dir / host)
     if plan["job"]["spec"].get("trust_remote_code"):
         err.print("Note: trust_remote_code was ON: the model repository's own code ran on the hosts.",
@@ -295,7 +297,7 @@ def complete(entry: ledger.Entry, inventory: Inventory) -> bool:
         return True
     if entry.outcome != "running":
         return False
-    live = host_answers("session", inventory, entry.hosts, ("Read the session status",),
+    live = host_answers("session", inventory, entry.hosts, (answers.STATUS,),
                         {"train_session_id": entry.id, "train_session_action": "status"}, raise_on_failure=False)[0]
     if set(live) != set(entry.hosts) or any(s.get("outcome") != "succeeded" for s in live.values()):
         return False

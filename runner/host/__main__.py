@@ -4,7 +4,8 @@
   python -m runner.host session DIR         run a whole session (the supervisor)
   python -m runner.host restore DIR         restore the host after DIR's session (idempotent)
   python -m runner.host status DIR          the session's status.json, plus whether its supervisor lives
-  python -m runner.host pack DIR WHAT       tar the results (WHAT: adapter | all | none); prints the path
+  python -m runner.host ready DIR           the same, while a multi-node job waits for every host to be ready
+  python -m runner.host pack DIR WHAT       tar the results (WHAT: adapter | all | none); answers its path
   python -m runner.host check ROOT < JOB    preflight a job (JSON on stdin) before staging; exit 3 if refused
   python -m runner.host reserve ROOT ID     claim the host for session ID before staging; exit 3 if it is busy
   python -m runner.host release ROOT ID     drop session ID's claim (its staging failed)
@@ -13,6 +14,8 @@
   python -m runner.host power PROFILE       apply the standing or session profile of the power config, read back
   python -m runner.host serve ROOT ACTION   serve a session's fine-tune (apply, request JSON on stdin), list, revert
   python -m runner.host clean ROOT ACTION   shared model copies, retention, runner clean (see runner/host/clean.py)
+
+Each answers one JSON line tagged with what it is, or refuses with one line (runner/host/answers.py).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.host import clean, inference, lock, nvml, power, preflight, serve
+from runner.host import answers, clean, inference, lock, nvml, power, preflight, serve
 from runner.host import session_files as files
 from runner.host.restore import restore
 from runner.host.status import Status
 from runner.host.supervisor import run_session
-from runner.train.exits import EXIT_REFUSED, EXIT_USAGE
+from runner.train.exits import EXIT_FAILED, EXIT_USAGE
 
 
 def probe(training_root: Path) -> dict:
@@ -51,13 +54,12 @@ def restore_after(session_dir: Path) -> int:
     status = Status(session_dir)
     pid = status.data.get("pid")
     if pid and _alive(pid):  # the supervisor restores, and it alone writes status.json while it lives
-        print(json.dumps({"skipped": "the supervisor is alive and restores"}))
-        return 0
+        return answers.answer(answers.RESTORE, {"skipped": "the supervisor is alive and restores"})
     if status.data.get("outcome") == "running":
         status.update(outcome="interrupted", error="the supervisor ended before the session did")
     ok = restore(session_dir, status)
-    print(json.dumps(status.data.get("restore", {})))
-    return 0 if ok else 1
+    answers.answer(answers.RESTORE, status.data.get("restore", {}))
+    return 0 if ok else EXIT_FAILED
 
 
 def session_status(session_dir: Path) -> dict:
@@ -114,13 +116,11 @@ def apply_power_profile(name: str) -> int:
             power.check_profile(profile, nvml.list_gpus())
             enforced = power.apply_profile(profile, readonly=config.readonly)
     except nvml.NvmlUnavailable as why:
-        print(f"skipped: {why}")
-        return 0
+        return answers.answer(answers.POWER, {"skipped": str(why)})
     except power.PowerError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(enforced))
-    return 0
+        return EXIT_FAILED
+    return answers.answer(answers.POWER, {"enforced_w": enforced})
 
 
 def check_job(training_root: Path) -> int:
@@ -129,10 +129,8 @@ def check_job(training_root: Path) -> int:
     try:
         found = preflight.check(job, training_root, power.PowerConfig.load())
     except preflight.Refusal as refusal:
-        print(f"refused: {refusal}")
-        return EXIT_REFUSED
-    print(json.dumps(found.answer()))
-    return 0
+        return answers.refuse(refusal)
+    return answers.answer(answers.CHECK, found.answer())
 
 
 def reserve_host(training_root: Path, session_id: str) -> int:
@@ -140,10 +138,8 @@ def reserve_host(training_root: Path, session_id: str) -> int:
     try:
         lock.reserve(training_root / files.LOCK, session_id)
     except lock.HostBusy as busy:
-        print(f"refused: {busy}")
-        return EXIT_REFUSED
-    print(json.dumps({"reserved": session_id}))
-    return 0
+        return answers.refuse(busy)
+    return answers.answer(answers.RESERVE, {"reserved": session_id})
 
 
 def request_stop(session_dir: Path, reason: str | None = None) -> int:
@@ -154,8 +150,7 @@ def request_stop(session_dir: Path, reason: str | None = None) -> int:
         (session_dir / files.STOP).write_text(reason + "\n")
     else:
         (session_dir / files.STOP).touch()
-    print(json.dumps(session_status(session_dir)))
-    return 0
+    return answers.answer(answers.STOP, session_status(session_dir))
 
 
 def print_log(session_dir: Path, offset: int) -> int:
@@ -167,22 +162,22 @@ def print_log(session_dir: Path, offset: int) -> int:
             f.seek(offset)
             data = f.read(1 << 20)
     status = session_status(session_dir)
-    print(json.dumps({"offset": offset + len(data), "text": data.decode(errors="replace"),
-                      "outcome": status.get("outcome", "running"), "alive": status.get("alive")}))
-    return 0
+    return answers.answer(answers.LOG, {"offset": offset + len(data), "text": data.decode(errors="replace"),
+                                        "outcome": status.get("outcome", "running"), "alive": status.get("alive")})
 
 
 COMMANDS = {
-    "probe": lambda d, _: print(json.dumps(probe(d))) or 0,
+    "probe": lambda d, _: answers.answer(answers.PROBE, probe(d)),
     "session": lambda d, _: run_session(d),
     "restore": lambda d, _: restore_after(d),
-    "status": lambda d, _: print(json.dumps(session_status(d))) or 0,
+    "status": lambda d, _: answers.answer(answers.STATUS, session_status(d)),
+    "ready": lambda d, _: answers.answer(answers.READY, session_status(d)),
     "stop": lambda d, reason: request_stop(d, reason),
     "check": lambda d, _: check_job(d),
     "reserve": lambda d, extra: reserve_host(d, extra),
-    "release": lambda d, extra: print(json.dumps({"released": lock.release(d / files.LOCK, extra)})) or 0,
+    "release": lambda d, extra: answers.answer(answers.RELEASE, {"released": lock.release(d / files.LOCK, extra)}),
     "log": lambda d, extra: print_log(d, int(extra or 0)),
-    "pack": lambda d, extra: print(pack(d, extra or "adapter")) or 0,
+    "pack": lambda d, extra: answers.answer(answers.PACK, {"path": str(pack(d, extra or "adapter"))}),
     "serve": lambda d, extra: serve.main(d, extra or "list"),
     "clean": lambda d, extra: clean.main(d, extra),
 }

@@ -31,10 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.host import lock
+from runner.host import answers, lock
 from runner.host import session_files as files
 from runner.host.status import read_json, write_json
-from runner.train.exits import EXIT_REFUSED, EXIT_USAGE
+from runner.train.exits import EXIT_USAGE
 
 DAY_S = 86400
 STUB_MARKER = ".staged-copy-removed"  # in a session's model/ once its weights were dropped
@@ -296,11 +296,15 @@ def retain(root: Path, keep_days: float) -> dict:
     return run(root, finished(root, keep_days * DAY_S), everything=False, dry_run=False)
 
 
+ANSWERS = {"link": answers.CLEAN_LINK, "seal": answers.CLEAN_SEAL, "retain": answers.CLEAN_RETAIN,
+           "clean": answers.CLEAN}
+
+
 def main(root: Path, action: str | None) -> int:
     request = json.loads(sys.stdin.read() or "{}")
     try:
         if action == "link":
-            answer: object = {"uploads": link(root, request["session_id"], request["uploads"]), "changed": True}
+            answer = {"uploads": link(root, request["session_id"], request["uploads"]), "changed": True}
         elif action == "seal":
             done = seal(root, request["uploads"])
             answer = {"sealed": done, "changed": bool(done)}
@@ -312,7 +316,5 @@ def main(root: Path, action: str | None) -> int:
             print(f"unknown clean action {action!r}; use link, seal, retain or clean", file=sys.stderr)
             return EXIT_USAGE
     except Refused as refusal:
-        print(f"refused: {refusal}")
-        return EXIT_REFUSED
-    print(json.dumps(answer))
-    return 0
+        return answers.refuse(refusal)
+    return answers.answer(ANSWERS[action], answer)

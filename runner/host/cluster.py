@@ -19,8 +19,6 @@ from pathlib import Path
 
 from runner.host import session_files as files
 
-REFUSED = "refused: "  # a STOP file that starts so: another host was not ready; this session is refused
-
 
 class ClusterError(Exception):
     """The host cannot take part as configured; says what to change."""

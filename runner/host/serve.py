@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.host import inference, served_files
+from runner.host import answers, inference, served_files
 from runner.host import session_files as files
 from runner.host.adapter_checks import check_unmerged, job_method, read_adapter
 from runner.host.lock import current_holder
@@ -35,7 +35,7 @@ from runner.host.vllm_command import (
     with_adapter,
     with_model,
 )
-from runner.train.exits import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
+from runner.train.exits import EXIT_FAILED
 
 RECORD = Path("/etc/gpu-runner/serving.json")
 INFERENCE_RECORD = Path("/etc/gpu-runner/inference.json")
@@ -282,8 +282,12 @@ def prune_served(keep: set[str]) -> None:
             session.rmdir()
 
 
+ANSWERS = {"list": answers.SERVE_LIST, "apply": answers.SERVE_APPLY, "revert": answers.SERVE_REVERT}
+
+
 def main(training_root: Path, action: str) -> int:
-    """`python -m runner.host serve ROOT apply|list|revert` (request JSON on stdin); the last line is the answer."""
+    """`python -m runner.host serve ROOT apply|list|revert` (request JSON on stdin): one line answers,
+    refuses or fails."""
     request = json.loads(sys.stdin.read() or "{}") if not sys.stdin.isatty() else {}
     try:
         if action == "list":
@@ -293,13 +297,10 @@ def main(training_root: Path, action: str) -> int:
         elif action == "apply":
             answer = serve(training_root, request)
         else:
-            print(f"refused: unknown serve action {action}: apply, list or revert")
-            return EXIT_REFUSED
+            return answers.refuse(f"unknown serve action {action}: apply, list or revert")
     except ServeRefused as refusal:
-        print(f"refused: {refusal}")
-        return EXIT_REFUSED
+        return answers.refuse(refusal)
     except (ServeFailed, inference.InferenceError) as failure:
         print(f"failed: {failure}")
         return EXIT_FAILED
-    print(json.dumps(answer))
-    return EXIT_OK
+    return answers.answer(ANSWERS[action], answer)

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from runner.host import cluster, firewall, inference, launch, nvml, power, preflight, trainlog
+from runner.host import answers, cluster, firewall, inference, launch, nvml, power, preflight, trainlog
 from runner.host import session_files as files
 from runner.host.lock import HostBusy, HostLock
 from runner.host.preflight import Refusal
@@ -226,8 +226,8 @@ class Session:
         if not cluster.wait_for_go(self.dir, timeout, lambda: self.stop_reason is not None):
             stop = self.dir / files.STOP
             said = stop.read_text(errors="replace").strip() if stop.exists() else ""
-            if said.startswith(cluster.REFUSED):  # the controller: another host was not ready
-                raise Refusal(said.removeprefix(cluster.REFUSED))
+            if (why := answers.refused(said)) is not None:  # the controller: another host was not ready
+                raise Refusal(why)
             self.request_stop(said or "stop requested before every host was ready")
             raise StopRequested
         return "ok", f"every host is ready; {cluster.describe(self.job['cluster'], self.cluster_interface)}"

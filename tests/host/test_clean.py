@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner.host import clean
+from runner.train.exits import EXIT_REFUSED
 
 WEIGHTS_B = 2 << 20
 
@@ -159,7 +160,7 @@ def test_clean_of_the_running_session_is_refused_and_changes_nothing(root, model
     running("S2")
     before = tree(root)
     answer = run_host(root, "clean", {"sessions": ["S1", "S2"]})
-    assert answer.returncode == clean.EXIT_REFUSED
+    assert answer.returncode == EXIT_REFUSED
     assert answer.stdout.strip().splitlines() == [
         "refused: session S2 is running on this host; stop it with 'runner stop S2' or wait for it to end"]
     assert tree(root) == before
@@ -181,7 +182,7 @@ def test_a_session_being_staged_counts_as_running(root, model):
 
     stage(root, "S1", model)
     lock.reserve(root / "session.lock", "S1")  # a resume of S1 is staging
-    assert run_host(root, "clean", {"sessions": ["S1"]}).returncode == clean.EXIT_REFUSED
+    assert run_host(root, "clean", {"sessions": ["S1"]}).returncode == EXIT_REFUSED
     assert (root / "sessions" / "S1" / "model" / "model.safetensors").exists()
 
 
