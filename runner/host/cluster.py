@@ -4,7 +4,8 @@ The controller lays the job out (runner/cluster.py) and stages it with this host
 rank, the first host's address and port, its own address and interface, the processes each machine starts).
 The supervisor caps power, stops inference and waits for free GPUs like any session, then reports `ready` and
 waits: the controller writes GO in every host's session folder once all of them are ready, or a STOP saying
-"refused: <which host was not ready>" when one is not, so nobody trains unless everyone can.
+"refused: <which host was not ready>" when one is not (a refusal as runner/host/answers.py reads it), so
+nobody trains unless everyone can.
 """
 
 from __future__ import annotations
