@@ -22,7 +22,7 @@ def rows(tmp_path: Path) -> list[dict]:
 
 
 def test_held_out_prompts_answered_by_base_and_fine_tune(write_config, tmp_path):
-    config = write_config(HIGH_LR, eval={"split": 8}, samples={"count": 3, "max_new_tokens": 24})
+    config = write_config({**HIGH_LR, "max_steps": 6}, eval={"split": 8}, samples={"count": 3, "max_new_tokens": 24})
     out = finish(launch(config))
     found = rows(tmp_path)
     held = [r.where for r in hold_out(read_records(str(DEMO_DATA)), 8, seed=0)[1]]
