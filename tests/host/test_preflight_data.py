@@ -76,7 +76,13 @@ BAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "change", "dataset", "model_change", "message"), BAD_CASES,
+# Through `runner.host check` in the fast tier: one data, one tokenizer and one model case (the probe alone refuses
+# every case in-process in test_preflight_probe.py; the rest of these run in the slow tier)
+FAST_CASES = {"misspelled_role", "chat_without_template", "not_a_causal_lm"}
+
+
+@pytest.mark.parametrize(("name", "change", "dataset", "model_change", "message"),
+                         [pytest.param(*c, marks=[pytest.mark.slow] * (c[0] not in FAST_CASES)) for c in BAD_CASES],
                          ids=[c[0] for c in BAD_CASES])
 def test_check_before_staging_refuses_with_one_line(host, tmp_path, name, change, dataset, model_change, message):
     if name == "qlora_without_bitsandbytes" and importlib.util.find_spec("bitsandbytes"):
