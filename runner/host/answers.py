@@ -20,7 +20,7 @@ from runner.train.exits import EXIT_OK, EXIT_REFUSED
 
 TAG = "gpu_runner"
 
-# The tags: the host command (and action) that answers, `python -m runner.host <tag...> DIR`
+# Each tag names the host command (and action) that answers: `runner.host serve ROOT list` says "serve list"
 PROBE = "probe"  # GPU facts, the host lock's holder, systemd
 CHECK = "check"  # the preflight's findings: strategy, summary
 RESERVE = "reserve"
