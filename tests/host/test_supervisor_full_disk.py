@@ -9,6 +9,7 @@ from simhost import spec
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="power limits and mounting a small tmpfs need root")
 
 
+@pytest.mark.slow  # a whole session; tests/train/test_no_space.py fills the disk in-process
 def test_a_full_disk_is_the_sessions_one_line_error(host):
     session = host.session_dir(spec(train={"max_steps": 12, "save_steps": 2}))
     output = session / "output"

@@ -84,6 +84,7 @@ def unlike_eval_file(tmp_path: Path) -> Path:
     return eval_file
 
 
+@pytest.mark.slow  # a trainer process; test_early_stop.py checks patience in-process
 def test_patience_stops_early_and_the_best_evaluated_adapter_is_the_final_one(write_config, metrics, tmp_path,
                                                                             tiny_model):
     eval_file = unlike_eval_file(tmp_path)
