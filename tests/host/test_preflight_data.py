@@ -76,9 +76,9 @@ BAD_CASES = [
 ]
 
 
-# Through `runner.host check` in the fast tier: one data, one tokenizer and one model case (the probe alone refuses
-# every case in-process in test_preflight_probe.py; the rest of these run in the slow tier)
-FAST_CASES = {"misspelled_role", "chat_without_template", "not_a_causal_lm"}
+# Through `runner.host check` in the fast tier: one data and one model case (the probe alone refuses every case
+# in-process in test_preflight_probe.py; the rest of these run in the slow tier)
+FAST_CASES = {"misspelled_role", "not_a_causal_lm"}
 
 
 @pytest.mark.parametrize(("name", "change", "dataset", "model_change", "message"),
@@ -102,6 +102,7 @@ def test_check_before_staging_refuses_with_one_line(host, tmp_path, name, change
     assert host.limits_w() == {A_3090TI: 450, A_4090: 450}
 
 
+@pytest.mark.slow  # two processes; test_preflight_probe.py passes the same data in-process
 def test_sharegpt_and_content_parts_pass_the_check(host, tmp_path):
     data = tmp_path / "mixed.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in [

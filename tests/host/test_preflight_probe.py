@@ -1,8 +1,11 @@
-"""The trainer's probe, in-process, on every bad case of test_preflight_data.py: the config the host hands the trainer
-(launch.trainer_config) is refused with the case's one-line message. The fast tier's check of each message; the
-whole `python -m runner.host check` path runs three of the cases fast and the others in the slow tier."""
+"""The trainer's probe, in-process, on test_preflight_data.py's cases: the config the host hands the trainer
+(launch.trainer_config) is refused with each bad case's one-line message, and ShareGPT and content parts pass. The fast
+tier's check of each message; the whole `python -m runner.host check` path runs two of the bad cases fast and the
+others, and the passing data, in the slow tier."""
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 from simhost import spec
@@ -14,6 +17,13 @@ from runner.train.config import ConfigError, parse_config
 from runner.train.probe import probe
 
 PASSES_WITH = {"qlora_without_bitsandbytes": "bitsandbytes", "varlen_without_cuda": "cuda"}  # a case this host passes
+
+
+def probe_job(tmp_path: Path, change: dict, model: Path, dataset: Path) -> list[str]:
+    """The probe's notes on the trainer config the host would write for this job (raises ConfigError to refuse)."""
+    job = {"session_id": "s1", "host": "localhost", "spec": validate_spec(spec(**change)).model_dump(),
+           "paths": {"model": str(model), "dataset": str(dataset)}}
+    return probe(parse_config(trainer_config(job, tmp_path / "sessions" / "s1")))
 
 
 def has(what: str) -> bool:
@@ -32,8 +42,18 @@ def test_the_probe_refuses_each_case_in_one_line(tmp_path, tiny_model, monkeypat
         pytest.skip(f"this machine has {PASSES_WITH[name]}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as the host runs the probe: nothing is downloaded
     model = model_copy(tiny_model, tmp_path / "model", model_change) if model_change else tiny_model
-    job = {"session_id": "s1", "host": "localhost", "spec": validate_spec(spec(**change)).model_dump(),
-           "paths": {"model": str(model), "dataset": str(dataset)}}
     with pytest.raises(ConfigError) as refused:
-        probe(parse_config(trainer_config(job, tmp_path / "sessions" / "s1")))
+        probe_job(tmp_path, change, model, dataset)
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_sharegpt_and_content_parts_pass_the_probe(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "mixed.jsonl"
+    records = [{"conversations": [{"from": "human", "value": "Reverse: wolf"}, {"from": "gpt", "value": "flow"}]},
+               {"messages": [{"role": "user", "content": [{"type": "text", "text": "Reverse: star"}]},
+                             {"role": "assistant", "content": [{"type": "text", "text": "rats"}]}]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    notes = probe_job(tmp_path, {"format": "auto"}, tiny_model, data)
+    assert notes == ["model: llama (LlamaForCausalLM)", "data: chat, 2 records checked, 0 without a response; "
+                     "2 of 2 tokenized records train within max_seq_len"]  # both shapes read as chat
