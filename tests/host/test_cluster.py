@@ -92,6 +92,7 @@ def test_a_host_waits_capped_until_told_and_a_stop_restores_it_untrained(host):
 
 
 @needs_root
+@pytest.mark.slow  # a session to its ready phase; the stop while waiting above stays fast
 def test_runner_stop_while_waiting_is_a_stop(host):
     session = host.session_dir(spec(), cluster=cluster_part())
     proc = start(session)

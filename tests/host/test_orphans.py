@@ -73,6 +73,7 @@ def test_a_supervisor_killed_outright_takes_its_trainer_along(host):
     assert host.limits_w() == {A_3090TI: 450, A_4090: 450}
 
 
+@pytest.mark.slow  # a session with a trainer; the stray-trainer restore below stays fast
 def test_a_launcher_killed_outright_takes_its_trainer_along(host):
     session, supervisor = start_training(host)
     os.kill(launcher_pid(session), 9)

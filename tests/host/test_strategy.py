@@ -139,6 +139,7 @@ def host_command(host, state, *args: str, job: dict | None = None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # five runner.host probe/check processes, each with the trainer's probe
 def test_the_dry_run_every_hosts_check_and_its_accelerate_config_agree_on_the_jobs_strategy(host, tmp_path):
     """Two simulated hosts on this machine: 'big' (two 24 GiB cards, DDP on its own) and 'small' (two 1.6 GiB
     cards). The controller lays the job out from their probes; each host's check (the playbook's, with the part

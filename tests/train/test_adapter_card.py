@@ -136,7 +136,7 @@ def test_the_card_gives_the_eval_loss_and_the_step_the_adapter_holds(write_confi
     assert base_of(tmp_path / "output" / "adapter") == str(DEMO_DATA.parents[1] / "models" / "tiny-chat")
 
 
-@pytest.mark.slow  # two DDP processes
+@pytest.mark.slow  # two DDP processes; test_card_rows.py renders two processes' rows in-process
 def test_the_card_counts_every_process_of_the_job(write_config, tmp_path):
     finish(launch(write_config({"max_steps": 2}, base_model_name="acme/tiny-chat-base"), processes=2))
     _, rows = card_of(tmp_path / "output" / "adapter")
