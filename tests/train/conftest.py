@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ DEMO_DATA = REPO / "examples" / "data" / "demo.jsonl"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models train several times faster on one thread
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def restored_signal_handlers():
+    """Training in-process (run_session) installs the trainer's SIGTERM/SIGINT handlers: pytest's come back after,
+    so Ctrl-C still ends the test run."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture
