@@ -239,8 +239,12 @@ def pair(args: argparse.Namespace) -> None:
             result.update(row=args.row, method=args.method, memory_gib=args.memory_gib, max_seq_len=args.max_seq_len)
             emit(result, out)
             results.setdefault(recipe, []).append(result)
-    ours = max(results.get("ours", []), key=lambda r: r.get("tokens_per_s") or 0, default={})
-    hf = max(results.get("hf", []), key=lambda r: r.get("tokens_per_s") or 0, default={})
+
+    def best(recipe: str) -> dict[str, Any]:  # of the runs that finished
+        done = [r for r in results.get(recipe, []) if r.get("ok")]
+        return max(done, key=lambda r: r.get("tokens_per_s") or 0, default={})
+
+    ours, hf = best("ours"), best("hf")
     if ours.get("tokens_per_s") and hf.get("tokens_per_s"):
         ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
         emit(
