@@ -71,3 +71,12 @@ def apply_profile(profile: dict[str, float], readonly: bool = False) -> dict[str
             raise PowerError("enforced limits differ from the plan: " + ", ".join(
                 f"{u} is at {w:g} W, wanted {profile[u]:g} W" for u, w in wrong.items()))
     return enforced
+
+
+def apply_named_profile(name: str) -> dict[str, float]:
+    """Enforce the standing or session profile of /etc/gpu-runner/power.json on this host's GPUs, read back."""
+    config = PowerConfig.load()
+    profile = {"standing": config.standing_w, "session": config.session_w}[name]
+    with nvml.nvml():
+        check_profile(profile, nvml.list_gpus())
+        return apply_profile(profile, readonly=config.readonly)

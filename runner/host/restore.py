@@ -76,7 +76,7 @@ def _cmdline(pid: int | str) -> str:
         return ""
 
 
-def _alive(pid: int | str) -> bool:
+def process_alive(pid: int | str) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -99,7 +99,7 @@ def trainer_processes(session_dir: Path) -> tuple[list[int], str]:
         checked += " and NVML"
     except nvml.NvmlUnavailable:
         pass
-    return sorted(pid for pid in found - {os.getpid()} if _alive(pid)), checked
+    return sorted(pid for pid in found - {os.getpid()} if process_alive(pid)), checked
 
 
 def end_processes(pids: list[int]) -> list[int]:
@@ -109,7 +109,7 @@ def end_processes(pids: list[int]) -> list[int]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
-        while (pids := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        while (pids := [p for p in pids if process_alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.2)
         if not pids:
             return []
