@@ -14,12 +14,11 @@ from runner.playbook import Run, host_answers
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-ANSWERS = {"list": answers.SERVE_LIST, "apply": answers.SERVE_APPLY, "revert": answers.SERVE_REVERT}
 
 
 def run_serve(inventory: Inventory, hosts: list[str], extravars: dict) -> tuple[dict[str, dict], Run]:
     """The serve playbook on HOSTS; each host's answer to the action, and the run (its failures name the rest)."""
-    kind = ANSWERS[extravars["serve_model_action"]]
+    kind = answers.SERVE_ACTIONS[extravars["serve_model_action"]]
     return host_answers("serve", inventory, hosts, (kind,), extravars, raise_on_failure=False)
 
 

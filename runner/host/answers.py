@@ -33,7 +33,9 @@ RESTORE = "restore"
 PACK = "pack"  # the results tarball's path
 POWER = "power"  # the limits a power profile enforced
 SERVE_LIST, SERVE_APPLY, SERVE_REVERT = "serve list", "serve apply", "serve revert"
+SERVE_ACTIONS = {"list": SERVE_LIST, "apply": SERVE_APPLY, "revert": SERVE_REVERT}  # the answer to each action
 CLEAN_LINK, CLEAN_SEAL, CLEAN_RETAIN, CLEAN = "clean link", "clean seal", "clean retain", "clean"
+CLEAN_ACTIONS = {"link": CLEAN_LINK, "seal": CLEAN_SEAL, "retain": CLEAN_RETAIN, "clean": CLEAN}
 REPORT = "hosts report"  # playbooks/hosts.yml's debug message, tagged in the YAML the same way
 
 REFUSED = "refused: "

@@ -296,10 +296,6 @@ def retain(root: Path, keep_days: float) -> dict:
     return run(root, finished(root, keep_days * DAY_S), everything=False, dry_run=False)
 
 
-ANSWERS = {"link": answers.CLEAN_LINK, "seal": answers.CLEAN_SEAL, "retain": answers.CLEAN_RETAIN,
-           "clean": answers.CLEAN}
-
-
 def main(root: Path, action: str | None) -> int:
     request = json.loads(sys.stdin.read() or "{}")
     try:
@@ -317,4 +313,4 @@ def main(root: Path, action: str | None) -> int:
             return EXIT_USAGE
     except Refused as refusal:
         return answers.refuse(refusal)
-    return answers.answer(ANSWERS[action], answer)
+    return answers.answer(answers.CLEAN_ACTIONS[action], answer)

@@ -282,9 +282,6 @@ def prune_served(keep: set[str]) -> None:
             session.rmdir()
 
 
-ANSWERS = {"list": answers.SERVE_LIST, "apply": answers.SERVE_APPLY, "revert": answers.SERVE_REVERT}
-
-
 def main(training_root: Path, action: str) -> int:
     """`python -m runner.host serve ROOT apply|list|revert` (request JSON on stdin): one line answers,
     refuses or fails."""
@@ -303,4 +300,4 @@ def main(training_root: Path, action: str) -> int:
     except (ServeFailed, inference.InferenceError) as failure:
         print(f"failed: {failure}")
         return EXIT_FAILED
-    return answers.answer(ANSWERS[action], answer)
+    return answers.answer(answers.SERVE_ACTIONS[action], answer)
