@@ -14,7 +14,7 @@ tier() {  # tier NAME MARKER [PYTEST ARGS...]
   local name=$1 marker=$2 start rc took
   shift 2
   start=$(date +%s)
-  "$PYTEST" -m "$marker" "$@"
+  "$PYTEST" -m "$marker" --durations=20 "$@"  # the 20 slowest of the tier, to see where the time goes
   rc=$?
   [ $rc -eq 5 ] && rc=0  # no test in this tier
   took=$(( $(date +%s) - start ))
