@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import subprocess
@@ -132,6 +133,9 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rc": rc,
         "tokens_per_s": timed_rate(records, args.warmup),
         "first_step_s": round(steps[0]["time"] - start, 1) if steps else None,
+        # loading and the sizing probe (compiling the layers, where they are), before the first step
+        "sized_s": round(start_event["time"] - start, 1) if "time" in start_event else None,
+        "step_s": [round(b[0] - a[0], 3) for a, b in itertools.pairwise(records)],
         "final_loss": steps[-1]["loss"] if steps else None,
         "steps": len(steps),
         "oom_events": [m for m in metrics if m.get("event") == "out_of_memory"],

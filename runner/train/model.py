@@ -51,9 +51,12 @@ def resolve_features(
         raise ConfigError(f"train.attention {attention} needs train.packing true (padding-free rows)")
     cuda = device.type == "cuda"
     # Compiled layers fuse what Liger fuses and LoRA's small ops too (8B on an H100: compile 14.5k tokens/s,
-    # Liger 12.8k, both 13.0k: Liger's kernels do not trace).
-    # QLoRA's 4-bit matmuls and FSDP's sharded parameters stay eager.
-    compile_ = t.compile if t.compile != AUTO else cuda and cfg.method == "lora" and not sharded and t.liger is not True
+    # Liger 12.8k, both 13.0k: Liger's kernels do not trace). QLoRA too: bitsandbytes' 4-bit ops trace (8B QLoRA
+    # on a 24 GiB cap: compiled 10.8k tokens/s, Liger 10.0k; bench/RESULTS.md); the sizing probe runs the compiled
+    # layers, so it measures their memory. Triton (what compiled code runs on) covers sm80 and newer consumer cards
+    # (3090 Ti sm86, 4090 sm89). FSDP's sharded parameters stay eager.
+    compiles = cuda and not sharded and t.liger is not True and _installed("triton")
+    compile_ = t.compile if t.compile != AUTO else compiles
     liger = t.liger if t.liger != AUTO else cuda and not compile_ and _installed("liger_kernel")
     if liger and not _installed("liger_kernel"):
         raise ConfigError("train.liger is true but liger-kernel is not installed (pip install liger-kernel)")
@@ -202,6 +205,10 @@ def compile_layers(model: nn.Module) -> None:
     """Compile each decoder layer in place: fuses norms, activations, RoPE and LoRA's small ops."""
     for layer in decoder_layers(model):
         layer.compile()
+
+
+def layers_compiled(model: nn.Module) -> bool:
+    return any(getattr(layer, "_compiled_call_impl", None) is not None for layer in decoder_layers(model))
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:

@@ -108,9 +108,9 @@ def run_session(
         at = json.loads((saved / STATE_FILE).read_text())["step"] if saved is not None else 0
         metrics.event("stopped", step=at, checkpoint=None)
         return Outcome("stopped", at, None)
-    sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy, saved)
-    if features.compile:
+    if features.compile:  # before sizing: the probe measures the compiled layers, which keep other activations
         compile_layers(peft_model)
+    sizing = _sizing(cfg, accelerator, loss_model, features.packing, strategy, saved)
     plan = BatchPlan(
         examples,
         packing=features.packing,

@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import AUTO, ConfigError, TrainSettings
 from .data import Example
-from .model import decoder_layers, enable_checkpointing
+from .model import decoder_layers, enable_checkpointing, layers_compiled
 from .packing import collate_packed, collate_padded
 
 log = logging.getLogger("runner.train")
@@ -168,7 +168,14 @@ def choose_sizing(
     kept_choices = {True: [0], False: [layers]}.get(checkpointing, list(range(layers + 1)))  # type: ignore[arg-type]
 
     apply_checkpointing(loss_model.model, None, offload=False)
-    probe.run(1, min(length, 2048))  # warm-up: kernels load and tune here, not in a timed step
+    # Warm-up: kernels load and tune here, not in a timed step. Compiled layers compile at their first shape and
+    # again, shape-general, at the next: two warm-up shapes (tokens and examples both change) take both compiles.
+    warm = min(length, 2048)
+    if layers_compiled(loss_model.model):
+        probe.run(1, max(warm // 2, 1))
+        probe.run(2, warm)
+    else:
+        probe.run(1, warm)
     checkpointed = [probe.run(rows_choices[0], length)]
     if _fits(checkpointed[0], budget) and len(rows_choices) > 1:
         checkpointed.append(probe.run(2, length))
@@ -321,7 +328,8 @@ class _Probe:
         """One timed forward+backward over `rows` random examples of `length` tokens."""
         gen = torch.Generator().manual_seed(0)
         examples = [Example(ids, ids) for ids in torch.randint(0, self.vocab, (rows, length), generator=gen).tolist()]
-        batch = collate_packed(examples) if self.packing else collate_padded(examples, 0)
+        # packed: the training batches' fixed bound on example length (compiled code does not specialise on it)
+        batch = collate_packed(examples, self.max_seq_len) if self.packing else collate_padded(examples, 0)
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()

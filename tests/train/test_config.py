@@ -77,6 +77,40 @@ def test_auto_features_on_cpu_are_plain_torch():
     assert (features.attention, features.liger, features.compile, features.packing) == ("sdpa", False, False, True)
 
 
+@pytest.mark.parametrize(
+    ("method", "train", "sharded", "expected"),
+    [
+        ("lora", {}, False, (True, False)),
+        ("qlora", {}, False, (True, False)),  # compiled 4-bit layers: the probe measures them (sizing.py)
+        ("qlora", {}, True, (False, True)),  # FSDP's sharded parameters stay eager, with Liger's kernels
+        ("lora", {"liger": True}, False, (False, True)),
+        ("qlora", {"compile": False}, False, (False, True)),
+    ],
+)
+def test_auto_features_on_cuda(monkeypatch, method, train, sharded, expected):
+    """On a CUDA card with Triton and Liger installed: compiled layers unless sharded or Liger is asked for."""
+    import torch
+
+    from runner.train import model
+
+    monkeypatch.setattr(model, "varlen_kernel_available", lambda device: False)
+    monkeypatch.setattr(model, "_installed", lambda module: module in ("triton", "liger_kernel"))
+    cfg = parse_config({**BASE, "method": method, "train": train})
+    features = model.resolve_features(cfg, torch.device("cuda"), sharded=sharded)
+    assert (features.compile, features.liger) == expected
+
+
+def test_compile_needs_triton_on_cuda(monkeypatch):
+    import torch
+
+    from runner.train import model
+
+    monkeypatch.setattr(model, "varlen_kernel_available", lambda device: False)
+    monkeypatch.setattr(model, "_installed", lambda module: module == "liger_kernel")
+    features = model.resolve_features(parse_config({**BASE, "method": "qlora"}), torch.device("cuda"))
+    assert (features.compile, features.liger) == (False, True)
+
+
 def test_varlen_needs_packing():
     with pytest.raises(ConfigError, match=r"needs train\.packing true"):
         parse_config({**BASE, "train": {"packing": False, "attention": "varlen"}})

@@ -59,7 +59,7 @@ def test_qlora_loads_4bit_and_trains(write_config, metrics, monkeypatch):
     outcome = run_session(load_config(write_config({"max_steps": 6}, method="qlora")))
     start = metrics()[0]
     steps = [r for r in metrics() if "loss" in r]
-    assert outcome.status == "done" and start["method"] == "qlora" and start["compile"] is False
+    assert outcome.status == "done" and start["method"] == "qlora" and start["compile"] is True
     assert steps[-1]["loss"] < steps[0]["loss"]
 
 
