@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .activations import apply_checkpointing
 from .checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from .config import TrainSettings
 from .evaluation import BEST_DIR, Evaluation, promote_best
 from .metrics import Metrics, Pace
 from .packing import BatchPlan, collate_packed, collate_padded, pack_best_fit
-from .sizing import apply_checkpointing
 
 log = logging.getLogger("runner.train")
 
@@ -135,6 +135,7 @@ class Trainer:
             "forward_rows": self.forward_rows,
             "checkpointed_layers": self.run_info.get("checkpointed_layers"),
             "offload_checkpoints": self.run_info.get("offload_checkpoints", False),
+            "chunked_mlp": self.run_info.get("chunked_mlp", False),
             **({"eval": self.evaluation.state()} if self.evaluation else {}),
         }
 
@@ -266,7 +267,8 @@ class Trainer:
             self._recover(change, from_checkpoint=stepping)
 
     def _lower_memory_plan(self) -> dict[str, Any] | None:
-        """The next smaller setting: half the rows per pass, then checkpointing every layer, then offloading."""
+        """The next smaller setting: half the rows per pass, then checkpointing every layer, then offloading, then
+        the MLP in sequence chunks."""
         info = self.run_info
         if self.forward_rows > 1:
             return {"forward_rows": self.forward_rows // 2}
@@ -274,6 +276,8 @@ class Trainer:
             return {"checkpointed_layers": info.get("layers"), "gradient_checkpointing": True}
         if not info.get("offload_checkpoints"):
             return {"offload_checkpoints": True}
+        if not info.get("chunked_mlp"):
+            return {"chunked_mlp": True}
         return None
 
     def _recover(self, change: dict[str, Any], from_checkpoint: bool) -> None:
@@ -289,6 +293,7 @@ class Trainer:
                 self.peft_model,
                 self.run_info.get("checkpointed_layers"),
                 bool(self.run_info.get("offload_checkpoints")),
+                bool(self.run_info.get("chunked_mlp")),
             )
         if from_checkpoint:
             assert self.last_checkpoint is not None

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .activations import apply_checkpointing
 from .card import write_card
 from .checkpoint import STATE_FILE, agreed_checkpoint, name_base
 from .config import ConfigError, TrainConfig
@@ -23,7 +24,7 @@ from .mixing import mix
 from .model import CausalLMLoss, compile_layers, load_tokenizer, load_training_model
 from .packing import BatchPlan
 from .samples import write_samples
-from .sizing import Sizing, apply_checkpointing, choose_sizing
+from .sizing import Sizing, choose_sizing
 
 log = logging.getLogger("runner.train")
 
@@ -188,10 +189,13 @@ def _sizing(
         )
         sizing = choose_sizing(loss_model, settings, packing, accelerator.device, can_probe=False)
         layers, offload = state.get("checkpointed_layers"), bool(state.get("offload_checkpoints"))
-        if sizing.checkpointing and (layers is not None or offload):  # as the checkpointed run had it
-            apply_checkpointing(loss_model.model, layers, offload)
-            probe = {**sizing.probe, "checkpointed_layers": layers, "offload_checkpoints": offload}
-            sizing = dataclasses.replace(sizing, probe=probe, checkpointed_layers=layers, offload=offload)
+        chunked = bool(state.get("chunked_mlp"))
+        if sizing.checkpointing and (layers is not None or offload or chunked):  # as the checkpointed run had it
+            apply_checkpointing(loss_model.model, layers, offload, chunked)
+            probe = {**sizing.probe, "checkpointed_layers": layers, "offload_checkpoints": offload,
+                     "chunked_mlp": chunked}
+            sizing = dataclasses.replace(sizing, probe=probe, checkpointed_layers=layers, offload=offload,
+                                         chunked_mlp=chunked)
         return dataclasses.replace(sizing, forward_rows=state.get("forward_rows"))
     sizing = choose_sizing(
         loss_model,
@@ -209,13 +213,15 @@ def _sizing(
     # Every rank must cut the data the same way: the smallest rows; the most checkpointing any rank needs
     layers = sizing.probe.get("layers", 0)
     mine = sizing.checkpointed_layers if sizing.checkpointed_layers is not None else layers * sizing.checkpointing
-    agreed = torch.tensor([sizing.rows, -mine, -int(sizing.offload)], device=accelerator.device)
+    agreed = torch.tensor([sizing.rows, -mine, -int(sizing.offload), -int(sizing.chunked_mlp)],
+                          device=accelerator.device)
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-    rows, checkpointed, offload = int(agreed[0]), -int(agreed[1]), bool(agreed[2] < 0)
-    if (checkpointed, offload) != (mine, sizing.offload):
-        apply_checkpointing(loss_model.model, checkpointed, offload)
-    probe = {**sizing.probe, "checkpointed_layers": checkpointed, "offload_checkpoints": offload}
-    return Sizing(rows, checkpointed > 0, probe, checkpointed, offload)
+    rows, checkpointed, offload, chunked = int(agreed[0]), -int(agreed[1]), bool(agreed[2] < 0), bool(agreed[3] < 0)
+    if (checkpointed, offload, chunked) != (mine, sizing.offload, sizing.chunked_mlp):
+        apply_checkpointing(loss_model.model, checkpointed, offload, chunked)
+    probe = {**sizing.probe, "checkpointed_layers": checkpointed, "offload_checkpoints": offload,
+             "chunked_mlp": chunked}
+    return Sizing(rows, checkpointed > 0, probe, checkpointed, offload, chunked)
 
 
 def _stop_agreed(accelerator: Any, stop: StopRequest) -> bool:

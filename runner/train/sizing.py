@@ -5,7 +5,8 @@ time of a micro-batch with every decoder layer checkpointed, and what leaving la
 memory and saves in time. Every (rows, checkpointed layers) candidate that fits the budget is scored by its
 modelled tokens/s and the fastest is used: on a tight card that is often more rows with checkpointing, not
 the most rows that fit without it. Where even one row with checkpointing does not fit, the checkpointed layer
-inputs are offloaded to CPU memory (long context).
+inputs are offloaded to CPU memory (long context), and where that is not enough either, each layer's MLP runs in
+sequence chunks (activations.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .activations import apply_checkpointing
 from .config import AUTO, ConfigError, TrainSettings
 from .data import Example
-from .model import decoder_layers, enable_checkpointing, layers_compiled
+from .model import decoder_layers, layers_compiled
 from .packing import collate_packed, collate_padded
 
 log = logging.getLogger("runner.train")
@@ -46,6 +48,7 @@ class Sizing:
     probe: dict[str, Any]  # what the probe measured and chose, for the start event
     checkpointed_layers: int | None = None  # None: all layers when checkpointing, none otherwise
     offload: bool = False  # checkpointed layer inputs held in CPU memory
+    chunked_mlp: bool = False  # each layer's MLP in sequence chunks (activations.py)
     forward_rows: int | None = None  # rows per forward pass when lower than rows (after an out-of-memory error)
     candidates: list[dict[str, float]] = field(default_factory=list, compare=False)
 
@@ -189,18 +192,22 @@ def choose_sizing(
             )
         if twin is not None:
             checkpointed.insert(0, twin)
-    offload = False
+    offload = chunked = False
     full = next(m for m in checkpointed if m.tokens == rows_choices[0] * length)
     if not _fits(full, budget) and kept_choices != [layers]:
-        # Even one row checkpointed is over: hold the checkpointed layer inputs in CPU memory
-        apply_checkpointing(loss_model.model, None, offload=True)
-        full = probe.run(rows_choices[0], length)
+        # Even one row checkpointed is over: hold the checkpointed layer inputs in CPU memory, and if that is not
+        # enough, run each layer's MLP in sequence chunks too (one more MLP forward a layer)
+        for chunked in (False, True):
+            apply_checkpointing(loss_model.model, None, offload=True, chunked_mlp=chunked)
+            full = probe.run(rows_choices[0], length)
+            if _fits(full, budget):
+                break
         checkpointed, plain, offload = [full], [], True
         rows_choices, kept_choices = rows_choices[:1], [0]
         if not _fits(full, budget):
             raise ConfigError(
                 f"one micro-batch of {rows_choices[0]} x {length} tokens does not fit in GPU memory even with "
-                "checkpointing offloaded to CPU; lower train.max_seq_len or train.batch_size"
+                "checkpointing offloaded to CPU and the MLP in chunks; lower train.max_seq_len or train.batch_size"
             )
     model = fit_model(checkpointed, plain, layers)
     best = best_candidate(model, length, rows_choices, kept_choices, budget)
@@ -208,15 +215,16 @@ def choose_sizing(
         best = (rows_choices[0], 0, float(full.peak or 0), full.tokens / max(full.seconds, 1e-9))
     rows, kept, peak, speed = best
     checkpointed_layers = layers - kept
-    apply_checkpointing(loss_model.model, checkpointed_layers, offload)
+    apply_checkpointing(loss_model.model, checkpointed_layers, offload, chunked)
     log.info(
-        "sizing: %d row(s) of %d tokens per micro-batch, %d of %d layers checkpointed%s "
+        "sizing: %d row(s) of %d tokens per micro-batch, %d of %d layers checkpointed%s%s "
         "(predicted %.0f tokens/s, peak %.1f GiB of a %.1f GiB budget)",
         rows,
         length,
         checkpointed_layers,
         layers,
         ", inputs offloaded to CPU" if offload else "",
+        ", MLP in sequence chunks" if chunked else "",
         speed,
         (peak + probe.optimizer_bytes()) / GIB,
         (budget + probe.optimizer_bytes()) / GIB,
@@ -225,6 +233,7 @@ def choose_sizing(
         "layers": layers,
         "checkpointed_layers": checkpointed_layers,
         "offload_checkpoints": offload,
+        "chunked_mlp": chunked,
         "memory_budget_gib": round((budget + probe.optimizer_bytes()) / GIB, 2),
         "predicted_peak_gib": round((peak + probe.optimizer_bytes()) / GIB, 2),
         "predicted_tokens_per_s": round(speed),
@@ -234,7 +243,7 @@ def choose_sizing(
             for m in group
         ],
     }
-    return Sizing(rows, checkpointed_layers > 0, info, checkpointed_layers, offload)
+    return Sizing(rows, checkpointed_layers > 0, info, checkpointed_layers, offload, chunked)
 
 
 def _fits(measure: Measure, budget: float) -> bool:
@@ -270,38 +279,6 @@ def _plain_measures(
         extra = max(measure.peak - size.peak, 0) / measure.tokens
     apply_checkpointing(model, None, offload=False)
     return measures, twin
-
-
-def apply_checkpointing(model: nn.Module, checkpointed_layers: int | None, offload: bool) -> None:
-    """Checkpoint the first `checkpointed_layers` decoder layers (None: all, 0: none); the others keep their
-    activations. With offload, each checkpointed layer's saved input lives in (pinned) CPU memory."""
-    layers = decoder_layers(model)
-    if checkpointed_layers is None:
-        checkpointed_layers = len(layers)
-    if checkpointed_layers and not all(hasattr(layer, "_gradient_checkpointing_func") for layer in layers):
-        enable_checkpointing(model)
-    if not all(hasattr(layer, "gradient_checkpointing") for layer in layers):
-        if checkpointed_layers != len(layers) or offload:
-            log.warning("this model's layers checkpoint all or nothing: checkpointing every layer, on the GPU")
-        return
-    for index, layer in enumerate(layers):
-        layer.gradient_checkpointing = index < checkpointed_layers
-        func = getattr(layer, "_gradient_checkpointing_func", None)
-        if func is None:
-            continue
-        plain = getattr(func, "plain", func)
-        layer._gradient_checkpointing_func = _offloaded(plain) if offload else plain
-
-
-def _offloaded(checkpoint: Callable[..., Any]) -> Callable[..., Any]:
-    """The checkpoint function, with what it saves (the layer's input) held in CPU memory until backward."""
-
-    def run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
-            return checkpoint(function, *args, **kwargs)
-
-    run.plain = checkpoint  # type: ignore[attr-defined]
-    return run
 
 
 class _Probe:

@@ -12,13 +12,13 @@ from typing import ClassVar
 import pytest
 import torch
 
-from runner.train import sizing
+from runner.train import activations, sizing
+from runner.train.activations import apply_checkpointing
 from runner.train.config import ConfigError, TrainSettings
 from runner.train.model import CausalLMLoss, decoder_layers
 from runner.train.sizing import (
     GIB,
     Measure,
-    apply_checkpointing,
     best_candidate,
     choose_sizing,
     fit_model,
@@ -106,9 +106,12 @@ class FakeProbe:
         layers = decoder_layers(self.model.model)
         checkpointed = any(layer.gradient_checkpointing for layer in layers)
         offloaded = any(hasattr(layer._gradient_checkpointing_func, "plain") for layer in layers)
+        chunked = any("forward" in vars(layer.mlp) for layer in layers)
         peak, seconds = qlora_8b(rows * length, checkpointed)
         if offloaded:
             peak -= 0.5 * 2**20 * rows * length
+        if chunked:
+            peak -= 0.05 * 2**20 * rows * length
         FakeProbe.runs.append((rows, length, checkpointed, peak))
         return Measure(rows * length, int(peak) if peak <= self.available() else None, seconds)
 
@@ -152,9 +155,15 @@ def test_choose_sizing_picks_by_throughput_and_sets_the_layers(monkeypatch, tiny
 def test_long_context_offloads_the_checkpointed_inputs(monkeypatch, tiny_loss_model):
     monkeypatch.setattr(sizing, "_Probe", FakeProbe)
     chosen = choose_sizing(tiny_loss_model, TrainSettings(max_seq_len=32768), True, torch.device("cuda", 0))
-    assert (chosen.rows, chosen.checkpointing, chosen.offload) == (1, True, True)
-    assert all(hasattr(layer._gradient_checkpointing_func, "plain") for layer in decoder_layers(tiny_loss_model.model))
-    with pytest.raises(ConfigError, match="even with checkpointing offloaded"):
+    layers = decoder_layers(tiny_loss_model.model)
+    assert (chosen.rows, chosen.checkpointing, chosen.offload, chosen.chunked_mlp) == (1, True, True, False)
+    assert all(hasattr(layer._gradient_checkpointing_func, "plain") for layer in layers)
+    assert not any("forward" in vars(layer.mlp) for layer in layers)
+    # longer: offloading is not enough, the MLP runs in sequence chunks as well
+    chosen = choose_sizing(tiny_loss_model, TrainSettings(max_seq_len=196608), True, torch.device("cuda", 0))
+    assert (chosen.offload, chosen.chunked_mlp, chosen.probe["chunked_mlp"]) == (True, True, True)
+    assert all("forward" in vars(layer.mlp) for layer in layers)
+    with pytest.raises(ConfigError, match="even with checkpointing offloaded to CPU and the MLP in chunks"):
         choose_sizing(tiny_loss_model, TrainSettings(max_seq_len=2**20), True, torch.device("cuda", 0))
 
 
@@ -187,6 +196,30 @@ def test_partial_and_offloaded_checkpointing_recompute_what_they_say_with_the_sa
         assert grads.keys() == plain.keys()
         for name, grad in grads.items():
             torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_mlp_in_sequence_chunks_gives_the_same_gradients_one_chunk_at_a_time(tiny_loss_model, monkeypatch):
+    """Offloaded checkpointing with each MLP in chunks of 16 tokens (48 in the step): the MLP's projections see
+    16 tokens at a time, each chunk runs in the forward and again in its own recompute in backward, and the LoRA gradients are the plain step's; switching it off restores the MLP's own forward."""
+    monkeypatch.setattr(activations, "MLP_CHUNK_TOKENS", 16)
+    layers = decoder_layers(tiny_loss_model.model)
+    apply_checkpointing(tiny_loss_model.model, 0, offload=False)
+    plain, _ = step_gradients(tiny_loss_model)
+    seen = []
+    hooks = [layer.mlp.down_proj.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-2]))
+             for layer in layers]
+    apply_checkpointing(tiny_loss_model.model, None, offload=True, chunked_mlp=True)
+    grads, _ = step_gradients(tiny_loss_model)
+    for hook in hooks:
+        hook.remove()
+    # every chunk in the forward and in its own recompute (the layer's recompute stops early, after the last
+    # chunk's input: torch's checkpoint early stop)
+    assert set(seen) == {16} and 2 * 3 * len(layers) <= len(seen) <= 3 * 3 * len(layers)
+    assert grads.keys() == plain.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    apply_checkpointing(tiny_loss_model.model, None, offload=False, chunked_mlp=False)
+    assert not any("forward" in vars(layer.mlp) for layer in layers)
 
 
 def test_out_of_memory_mid_run_lowers_the_rows_and_trains_the_same_steps(write_config, metrics, tmp_path, monkeypatch):
