@@ -60,9 +60,8 @@ def test_the_adapter_names_the_jobs_model_and_its_card_says_what_was_trained(wri
 
 
 @pytest.mark.slow  # a trainer process
-def test_without_a_name_the_base_is_the_model_it_was_trained_from(write_config, tmp_path, tiny_model):
-    finish(launch(write_config({"max_steps": 2})))
-    assert base_of(tmp_path / "output" / "adapter") == str(tiny_model)
+def test_without_a_name_the_base_is_the_model_it_was_trained_from(two_step_run, tiny_model):
+    assert base_of(two_step_run / "output" / "adapter") == str(tiny_model)
 
 
 def test_the_host_hands_the_trainer_the_name_the_user_gave(tmp_path):
@@ -137,8 +136,7 @@ def test_the_card_gives_the_eval_loss_and_the_step_the_adapter_holds(write_confi
 
 
 @pytest.mark.slow  # two DDP processes; test_card_rows.py renders two processes' rows in-process
-def test_the_card_counts_every_process_of_the_job(write_config, tmp_path):
-    finish(launch(write_config({"max_steps": 2}, base_model_name="acme/tiny-chat-base"), processes=2))
-    _, rows = card_of(tmp_path / "output" / "adapter")
+def test_the_card_counts_every_process_of_the_job(two_process_run):
+    _, rows = card_of(two_process_run / "output" / "adapter")
     assert rows["processes"] == "2" and rows["devices"] == f"2 × cpu on {socket.gethostname()}"
-    assert rows["strategy"] == "ddp" and base_of(tmp_path / "output" / "adapter") == "acme/tiny-chat-base"
+    assert rows["strategy"] == "ddp" and base_of(two_process_run / "output" / "adapter") == "acme/tiny-chat-base"

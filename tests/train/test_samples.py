@@ -68,9 +68,10 @@ def test_the_budget_stops_the_step_and_says_so(write_config, tmp_path):
 
 
 @pytest.mark.slow  # a trainer process
-def test_count_0_turns_samples_off(write_config, tmp_path):
-    finish(launch(write_config({"max_steps": 2}, samples={"count": 0})))
-    assert not (tmp_path / "output" / "samples.md").exists() and not (tmp_path / "output" / "samples.jsonl").exists()
+def test_count_0_turns_samples_off(two_step_run):
+    output = two_step_run / "output"
+    assert (output / "adapter").is_dir() and not (output / "samples.md").exists()
+    assert not (output / "samples.jsonl").exists()
 
 
 @pytest.mark.parametrize(("samples", "problem"), [
@@ -84,7 +85,5 @@ def test_the_spec_refuses_a_bad_samples_section(samples, problem):
 
 
 @pytest.mark.slow  # two DDP processes
-def test_two_processes_rank_0_writes_while_the_other_waits(write_config, tmp_path):
-    finish(launch(write_config({"max_steps": 4, "save_steps": 100}, samples={"count": 2, "max_new_tokens": 8}),
-                  processes=2))
-    assert [r["where"] for r in rows(tmp_path)] == [f"{DEMO_DATA}:1", f"{DEMO_DATA}:2"]
+def test_two_processes_rank_0_writes_while_the_other_waits(two_process_run):
+    assert [r["where"] for r in rows(two_process_run)] == [f"{DEMO_DATA}:1", f"{DEMO_DATA}:2"]

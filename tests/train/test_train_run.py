@@ -1,17 +1,30 @@
 """The trainer end to end on CPU: `python -m runner.train` and `accelerate launch`, stop, resume."""
 
+import json
 import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import trainer_config
 from launching import finish, launch, stop_after_first_step
 from safetensors.torch import load_file
+
+STOP_RESUME_LORA = {"rank": 8, "alpha": 16, "dropout": 0.1}  # dropout: the RNG must be restored too
+STOP_RESUME_TRAIN = {"max_steps": 30, "save_steps": 100}
 
 
 def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model) -> dict[str, torch.Tensor]:
+    """The adapter weights of the 30-step run never stopped, which each stopped and resumed run must match."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    finish(launch(trainer_config(folder, tiny_model, STOP_RESUME_TRAIN, lora=STOP_RESUME_LORA)))
+    return adapter_weights(folder / "output" / "adapter")
 
 
 def test_single_process_trains_and_writes_the_contract(write_config, metrics, tmp_path):
@@ -38,25 +51,19 @@ def test_single_process_trains_and_writes_the_contract(write_config, metrics, tm
 
 
 @pytest.mark.slow  # a trainer process; test_adapter_card loads a trained adapter with PEFT in the fast tier
-def test_adapter_loads_with_peft(write_config, metrics, tiny_model):
+def test_adapter_loads_with_peft(two_step_run, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    finish(launch(write_config({"max_steps": 2})))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), metrics()[-1]["adapter"])
+    done = json.loads((two_step_run / "metrics.jsonl").read_text().splitlines()[-1])
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), done["adapter"])
     assert model.merge_and_unload() is not None
 
 
 @pytest.mark.parametrize("how", ["stop_file", "sigterm"])
-@pytest.mark.slow  # three trainer runs of 30 steps
-def test_stop_then_resume_matches_an_uninterrupted_run(write_config, metrics, tmp_path, how):
-    lora = {"rank": 8, "alpha": 16, "dropout": 0.1}  # dropout: the RNG must be restored too
-    train = {"max_steps": 30, "save_steps": 100}
-    finish(launch(write_config(train, lora=lora, output_dir=str(tmp_path / "whole"))))
-    whole = adapter_weights(tmp_path / "whole" / "adapter")
-    (tmp_path / "metrics.jsonl").unlink()
-
-    config = write_config(train, lora=lora)
+@pytest.mark.slow  # two trainer runs of 30 steps, and the uninterrupted one both ways share
+def test_stop_then_resume_matches_an_uninterrupted_run(write_config, metrics, tmp_path, how, uninterrupted):
+    config = write_config(STOP_RESUME_TRAIN, lora=STOP_RESUME_LORA)
     proc = launch(config)
     stop_file = tmp_path / "STOP"
     stop_after_first_step(
@@ -75,7 +82,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(write_config, metrics, tm
     assert resumed["start_step"] == stopped["step"]
     assert records[-1]["event"] == "done" and records[-1]["steps"] == 30
     for name, weight in adapter_weights(tmp_path / "output" / "adapter").items():
-        torch.testing.assert_close(weight, whole[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(weight, uninterrupted[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow  # two DDP runs of two processes
