@@ -1,6 +1,7 @@
 """Ctrl-C and finished sessions on localhost, through the CLI: Ctrl-C while staging, loading or training stops the
 session, restores, records `interrupted` and exits 130, its last line saying how to resume; a finished session
-is left as it is by `runner train --resume` and `runner stop`, and a Ctrl-C once it finished changes nothing."""
+is left as it is by `runner train --resume` and `runner stop`, and a Ctrl-C once it finished changes nothing.
+(A session that finished without its controller: test_controller_faults.py.)"""
 
 import contextlib
 import hashlib
@@ -135,16 +136,3 @@ def test_a_second_ctrl_c_leaves_the_hosts_to_finish_the_stop(home, tiny_model):
     listed = run_runner("status", controller.session, "--json")
     assert listed.returncode == 0 and '"outcome": "interrupted"' in listed.stdout, listed.stdout
 
-
-def test_a_resume_of_a_session_that_finished_without_its_controller_says_complete(home, tiny_model):
-    controller = Controller(home, max_steps=20)
-    wait_for(lambda: (host_status(home).get("step") or 0) >= 2, timeout=600)
-    controller.process.kill()  # the laptop goes away; the host trains on
-    controller.wait()
-    wait_for(lambda: host_status(home).get("outcome") == "succeeded", timeout=600)
-    assert ledger.get(controller.session).outcome == "running"  # nobody recorded the end
-    before = results(home, controller.session)
-    resumed = run_runner("train", "--resume", controller.session)
-    assert resumed.returncode == 0 and f"session {controller.session} is complete" in resumed.stderr, resumed.stderr
-    assert results(home, controller.session) == before
-    assert ledger.get(controller.session).outcome == "succeeded"  # the ledger now knows
