@@ -1,6 +1,6 @@
 """The controller's faults on localhost: a killed `runner train` leaves nothing running on this machine, the host
-finishes and a later `--resume` says complete; a refused `--resume` of a session that still runs leaves the ledger
-as it was."""
+finishes and a later `--resume` says complete. (A refused `--resume` of a session that still runs leaves the ledger
+as it was: test_session_control.py.)"""
 
 import secrets
 import subprocess
@@ -54,17 +54,3 @@ def test_a_killed_controller_leaves_nothing_running_here_and_a_resume_then_says_
     assert results(home, session) == before
     assert ledger.get(session).outcome == "succeeded"  # the ledger now knows
 
-
-def test_a_refused_resume_of_a_running_session_leaves_the_ledger_alone(home, tiny_model):
-    controller = start_train(home, max_steps=100000)
-    session = ledger.sessions()[0].id
-    resumed = run_runner("train", "--resume", session)
-    assert resumed.returncode == 3, resumed.stderr
-    refused = [line for line in resumed.stderr.splitlines() if "refused" in line]
-    assert len(refused) == 1 and f"session {session} is still running" in refused[0], resumed.stderr
-    entry = ledger.get(session)
-    assert entry.outcome == "running" and entry.ended is None and entry.host_outcomes.get("localhost") != "refused"
-    assert host_status(home)["outcome"] == "running"
-    assert run_runner("stop", session).returncode == 130
-    controller.wait(timeout=300)
-    assert ledger.get(session).outcome == "interrupted"

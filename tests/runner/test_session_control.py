@@ -1,4 +1,5 @@
-"""Controlling sessions on localhost: the laptop goes away, status/logs/stop work, resume finishes the job."""
+"""Controlling sessions on localhost: the laptop goes away, status/logs work, a resume while it runs is refused and
+leaves the ledger as it was, stop works, resume finishes the job."""
 
 import json
 import signal
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, run_runner
+
+from runner import ledger
 
 DEMO = str(REPO / "examples" / "demo.yaml")
 
@@ -29,9 +32,9 @@ def host_status(home: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_controller_killed_then_status_logs_stop_and_resume(home, tiny_model):
+def test_controller_killed_then_status_logs_refused_resume_stop_and_resume(home, tiny_model):
     runner = str(Path(sys.executable).parent / "runner")
-    args = [runner, "train", DEMO, "--set", "train.max_steps=200", "--set", "train.save_steps=5"]
+    args = [runner, "train", DEMO, "--set", "train.max_steps=300", "--set", "train.save_steps=5"]
     controller = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: (host_status(home).get("step") or 0) >= 8)
     controller.send_signal(signal.SIGKILL)  # the laptop disappears; its ansible-playbook goes with it (runner.guard)
@@ -43,16 +46,25 @@ def test_controller_killed_then_status_logs_stop_and_resume(home, tiny_model):
     assert set(listed[0]) >= {"id", "hosts", "outcome", "started", "ended"}
     assert "step" in run_runner("logs", session_id).stdout
 
+    refused = run_runner("train", "--resume", session_id)  # the host still trains it
+    assert refused.returncode == 3, refused.stderr
+    lines = [line for line in refused.stderr.splitlines() if "refused" in line]
+    assert len(lines) == 1 and f"session {session_id} is still running" in lines[0], refused.stderr
+    entry = ledger.get(session_id)
+    assert entry.outcome == "running" and entry.ended is None and entry.host_outcomes.get("localhost") != "refused"
+    assert host_status(home)["outcome"] == "running"
+
     stopped = run_runner("stop", session_id)
     assert stopped.returncode == 130, stopped.stderr
     status = host_status(home)
     assert status["outcome"] == "interrupted" and status["trainer_stopped"]["checkpoint"]
-    assert status["step"] < 200
+    assert status["step"] < 300
     assert json.loads(run_runner("status", "--json").stdout)[0]["outcome"] == "interrupted"
+    assert ledger.get(session_id).outcome == "interrupted"
 
     resumed = run_runner("train", "--resume", session_id)
     assert resumed.returncode == 0, resumed.stderr
     status = host_status(home)
-    assert status["outcome"] == "succeeded" and status["step"] == 200
+    assert status["outcome"] == "succeeded" and status["step"] == 300
     assert status["loss"] == status["loss"] and status["loss"] < 100  # finite
     assert (Path(json.loads(run_runner("status", "--json").stdout)[0]["run_dir"]) / "localhost" / "adapter").exists()
