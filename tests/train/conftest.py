@@ -74,9 +74,10 @@ def two_step_run(tmp_path_factory, tiny_model: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def two_process_run(tmp_path_factory, tiny_model: Path) -> Path:
-    """The folder of one finished DDP run of two processes: 4 steps, two samples, the base named acme/tiny-chat-base."""
+    """The folder of one finished DDP run of two processes: 3 steps, 21 records held out and evaluated at the end, two
+    samples, the base named acme/tiny-chat-base."""
     folder = tmp_path_factory.mktemp("two-process-run")
-    config = trainer_config(folder, tiny_model, {"max_steps": 4, "save_steps": 100},
+    config = trainer_config(folder, tiny_model, {"max_steps": 3, "save_steps": 100}, eval={"split": 21},
                             base_model_name="acme/tiny-chat-base", samples={"count": 2, "max_new_tokens": 8})
     finish(launch(config, processes=2))
     return folder

@@ -104,14 +104,13 @@ def test_patience_stops_early_and_the_best_evaluated_adapter_is_the_final_one(wr
 
 
 @pytest.mark.slow  # two DDP processes
-def test_two_processes_evaluate_every_held_out_example_once(write_config, metrics, tmp_path, tiny_model):
+def test_two_processes_evaluate_every_held_out_example_once(two_process_run, tiny_model):
     """Two DDP ranks share 21 held-out examples unevenly; the loss they agree on is the one-by-one loss."""
-    finish(launch(write_config({"max_steps": 3}, eval={"split": 21}), processes=2))
-    records = metrics()
+    records = [json.loads(line) for line in (two_process_run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["world_size"] == 2 and records[0]["eval_examples"] == 21
     (evaluation,) = events(records, "eval")
     held = hold_out(read_records(str(DEMO_DATA)), 21, seed=0)[1]
-    expected = adapter_eval_loss(tmp_path / "output" / "adapter", tiny_model, held)
+    expected = adapter_eval_loss(two_process_run / "output" / "adapter", tiny_model, held)
     assert evaluation["step"] == 3 and evaluation["eval_loss"] == pytest.approx(expected, abs=1e-4)
 
 
