@@ -64,19 +64,31 @@ def _offloaded(checkpoint_fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def chunk_mlps(layers: list[nn.Module], on: bool) -> None:
     """Run each layer's dense MLP (a module named ...MLP, as in Llama, Mistral, Qwen, Gemma, Granite, Phi-3)
-    in sequence chunks, or as it was. Other blocks (mixtures of experts) keep their own forward."""
+    in sequence chunks, or as it was. The chunks call the MLP's forward as it is (Liger patches it on the
+    instance); off, that forward is put back. Other blocks (mixtures of experts) keep their own forward."""
     skipped = set()
     for layer in layers:
         mlp = getattr(layer, "mlp", None)
         if mlp is None or not type(mlp).__name__.endswith("MLP"):
             skipped.add(type(mlp).__name__ if mlp is not None else type(layer).__name__)
             continue
-        if on and "forward" not in vars(mlp):
-            mlp.forward = functools.partial(_chunked, type(mlp).forward.__get__(mlp))
-        elif not on:
-            vars(mlp).pop("forward", None)
+        if on and not mlp_chunked(mlp):
+            wrapper = functools.partial(_chunked, mlp.forward)
+            wrapper.kept = vars(mlp).get("forward")  # type: ignore[attr-defined]  # an instance forward, or None
+            mlp.forward = wrapper
+        elif not on and mlp_chunked(mlp):
+            kept = mlp.forward.kept
+            if kept is None:
+                del mlp.forward
+            else:
+                mlp.forward = kept
     if on and skipped:
         log.warning("the MLP of %s runs whole: only dense MLP blocks run in chunks", ", ".join(sorted(skipped)))
+
+
+def mlp_chunked(mlp: nn.Module) -> bool:
+    forward = vars(mlp).get("forward")
+    return isinstance(forward, functools.partial) and forward.func is _chunked
 
 
 @torch.compiler.disable  # eager inside a compiled layer: each chunk's checkpoint must free its activations

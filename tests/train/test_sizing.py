@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from runner.train import activations, sizing
-from runner.train.activations import apply_checkpointing
+from runner.train.activations import apply_checkpointing, mlp_chunked
 from runner.train.config import ConfigError, TrainSettings
 from runner.train.model import CausalLMLoss, decoder_layers
 from runner.train.sizing import (
@@ -106,7 +106,7 @@ class FakeProbe:
         layers = decoder_layers(self.model.model)
         checkpointed = any(layer.gradient_checkpointing for layer in layers)
         offloaded = any(hasattr(layer._gradient_checkpointing_func, "plain") for layer in layers)
-        chunked = any("forward" in vars(layer.mlp) for layer in layers)
+        chunked = any(mlp_chunked(layer.mlp) for layer in layers)
         peak, seconds = qlora_8b(rows * length, checkpointed)
         if offloaded:
             peak -= 0.5 * 2**20 * rows * length
@@ -158,11 +158,11 @@ def test_long_context_offloads_the_checkpointed_inputs(monkeypatch, tiny_loss_mo
     layers = decoder_layers(tiny_loss_model.model)
     assert (chosen.rows, chosen.checkpointing, chosen.offload, chosen.chunked_mlp) == (1, True, True, False)
     assert all(hasattr(layer._gradient_checkpointing_func, "plain") for layer in layers)
-    assert not any("forward" in vars(layer.mlp) for layer in layers)
+    assert not any(mlp_chunked(layer.mlp) for layer in layers)
     # longer: offloading is not enough, the MLP runs in sequence chunks as well
     chosen = choose_sizing(tiny_loss_model, TrainSettings(max_seq_len=196608), True, torch.device("cuda", 0))
     assert (chosen.offload, chosen.chunked_mlp, chosen.probe["chunked_mlp"]) == (True, True, True)
-    assert all("forward" in vars(layer.mlp) for layer in layers)
+    assert all(mlp_chunked(layer.mlp) for layer in layers)
     with pytest.raises(ConfigError, match="even with checkpointing offloaded to CPU and the MLP in chunks"):
         choose_sizing(tiny_loss_model, TrainSettings(max_seq_len=2**20), True, torch.device("cuda", 0))
 
@@ -200,7 +200,8 @@ def test_partial_and_offloaded_checkpointing_recompute_what_they_say_with_the_sa
 
 def test_the_mlp_in_sequence_chunks_gives_the_same_gradients_one_chunk_at_a_time(tiny_loss_model, monkeypatch):
     """Offloaded checkpointing with each MLP in chunks of 16 tokens (48 in the step): the MLP's projections see
-    16 tokens at a time, each chunk runs in the forward and again in its own recompute in backward, and the LoRA gradients are the plain step's; switching it off restores the MLP's own forward."""
+    16 tokens at a time, each chunk runs in the forward and again in its own recompute in backward, and the
+    LoRA gradients are the plain step's; switching it off restores the MLP's own forward."""
     monkeypatch.setattr(activations, "MLP_CHUNK_TOKENS", 16)
     layers = decoder_layers(tiny_loss_model.model)
     apply_checkpointing(tiny_loss_model.model, 0, offload=False)
@@ -220,6 +221,28 @@ def test_the_mlp_in_sequence_chunks_gives_the_same_gradients_one_chunk_at_a_time
         torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7, msg=name)
     apply_checkpointing(tiny_loss_model.model, None, offload=False, chunked_mlp=False)
     assert not any("forward" in vars(layer.mlp) for layer in layers)
+
+
+def test_chunking_wraps_and_then_keeps_an_mlp_forward_patched_on_the_instance(tiny_loss_model, monkeypatch):
+    """Liger patches each MLP's forward on the instance: the chunks run that forward, and switching the chunks
+    off (as every sizing does) puts it back rather than the class's own."""
+    monkeypatch.setattr(activations, "MLP_CHUNK_TOKENS", 16)
+    layers = decoder_layers(tiny_loss_model.model)
+    calls = []
+    for layer in layers:
+        own = layer.mlp.forward
+
+        def patched(x, own=own):
+            calls.append(x.shape[-2])
+            return own(x)
+
+        layer.mlp.forward = patched
+    patches = [layer.mlp.forward for layer in layers]
+    apply_checkpointing(tiny_loss_model.model, None, offload=True, chunked_mlp=True)
+    step_gradients(tiny_loss_model)
+    assert calls and set(calls) == {16}
+    apply_checkpointing(tiny_loss_model.model, None, offload=False, chunked_mlp=False)
+    assert [layer.mlp.forward for layer in layers] == patches
 
 
 def test_out_of_memory_mid_run_lowers_the_rows_and_trains_the_same_steps(write_config, metrics, tmp_path, monkeypatch):
