@@ -56,6 +56,8 @@ for phase in "$@"; do
     c-24b-qlora-24-compiled) run 330 c-24b-qlora-24-compiled $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 4096,8192 --timeout 150 --warmup 1 --steps 4 --ours-set '{"compile": true, "liger": false}' ;;
     c-8b-long) run 330 c-8b-long $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 57344,65536 --hf-lengths 32768,36864,40960 --timeout 160 ;;
     c-8b-long-ours) run 300 c-8b-long-ours $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 65536 --recipes ours --timeout 280 ;;
+    # past what offloading alone holds (about 100k tokens on 24 GiB): the MLP in sequence chunks
+    c-8b-long-chunks) run 420 c-8b-long-chunks $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 131072 --recipes ours --timeout 400 ;;
     c-8b-long32) run 200 c-8b-long32 $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 32768 --recipes ours --timeout 160 ;;
     c-24b-qlora-24) run 420 c-24b-qlora-24 $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 4096,8192 --timeout 200 --warmup 1 --steps 4 ;;
     # one profiled step of ours, 8B QLoRA under the 24 GiB cap (bench/profile_step.py)

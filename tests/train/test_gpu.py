@@ -104,3 +104,37 @@ def test_two_gpus_train_stop_and_resume(write_config, metrics, tmp_path, strateg
     assert [r for r in metrics() if r.get("event") == "start"][-1]["start_step"] == stopped[0]["step"]
     steps = [r for r in metrics() if "loss" in r]
     assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_compiled_layers_with_the_mlp_in_chunks_give_the_plain_gradients(tiny_model, monkeypatch):
+    """The long-context levers on compiled layers (as `auto` runs them on CUDA): checkpointing offloaded to CPU
+    and each MLP in chunks (eager inside the compiled layer) give the gradients of the plain compiled step."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from runner.train import activations
+    from runner.train.activations import apply_checkpointing
+    from runner.train.model import CausalLMLoss, compile_layers
+
+    monkeypatch.setattr(activations, "MLP_CHUNK_TOKENS", 64)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).cuda()
+    loss_model = CausalLMLoss(get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")))
+    loss_model.model.train()
+    compile_layers(loss_model.model)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 900, (1, 200), generator=gen).cuda()
+    positions = torch.cat([torch.arange(120), torch.arange(80)]).unsqueeze(0).cuda()
+
+    def gradients():
+        loss_model(input_ids=ids, targets=ids, position_ids=positions).backward()
+        grads = {n: p.grad.clone() for n, p in loss_model.named_parameters() if p.grad is not None}
+        loss_model.zero_grad(set_to_none=True)
+        return grads
+
+    apply_checkpointing(loss_model.model, 0, offload=False)
+    plain = gradients()
+    apply_checkpointing(loss_model.model, None, offload=True, chunked_mlp=True)
+    chunked = gradients()
+    assert chunked.keys() == plain.keys()
+    for name, grad in chunked.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
