@@ -311,6 +311,7 @@ class _Probe:
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
         start = time.perf_counter()
         peak: int | None = None
         try:
@@ -327,6 +328,11 @@ class _Probe:
             p.grad = None
         gc.collect()
         torch.cuda.empty_cache()
+        left = torch.cuda.memory_allocated(self.device) - before
+        log.info("sizing probe: %d x %d tokens, peak %s, %.3f s", rows, length,
+                 f"{peak / GIB:.2f} GiB" if peak is not None else "out of memory", seconds)
+        if left > 64 * 2**20:  # the next steps' peaks would include it
+            log.warning("sizing probe: the %d-token step left %.2f GiB allocated after it", rows * length, left / GIB)
         return Measure(rows * length, peak, seconds)
 
     def available(self) -> float:
