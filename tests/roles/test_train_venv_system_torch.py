@@ -39,14 +39,22 @@ def _probe_wheel(folder: Path) -> None:
                     str(folder / "wheels"), str(src)], check=True)
 
 
-def _setup_venv(tmp_path: Path, venv: Path) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def probe_wheels(tmp_path_factory) -> Path:
+    """The folder holding the e2e-probe wheel, built once for the module."""
+    folder = tmp_path_factory.mktemp("probe")
+    _probe_wheel(folder)
+    return folder / "wheels"
+
+
+def _setup_venv(tmp_path: Path, venv: Path, wheels: Path) -> subprocess.CompletedProcess:
     (tmp_path / "play.yml").write_text(PLAY)
     extravars = {
         "ansible_python_interpreter": sys.executable, "train_venv_repo": str(REPO),
         "train_venv_root": str(tmp_path / "root"), "train_venv_path": str(venv),
         "train_venv_system_torch": True, "train_venv_source": "wheelhouse", "train_venv_torch_variant": "cpu",
         "train_venv_packages": ["e2e-probe==1.0"], "train_venv_cuda_packages": [],
-        "train_venv_pip_args": ["--no-index", "--find-links", str(tmp_path / "wheels")],
+        "train_venv_pip_args": ["--no-index", "--find-links", str(wheels)],
         "train_venv_wheelhouse_cache": str(tmp_path / "cache")}
     (tmp_path / "vars.json").write_text(json.dumps(extravars))
     tool = Path(sys.executable).parent / "ansible-playbook"
@@ -56,10 +64,9 @@ def _setup_venv(tmp_path: Path, venv: Path) -> subprocess.CompletedProcess:
                                "ANSIBLE_ROLES_PATH": str(REPO / "roles")})
 
 
-def test_image_venv_becomes_the_training_venv_without_downloading_torch(tmp_path):
-    _probe_wheel(tmp_path)
+def test_image_venv_becomes_the_training_venv_without_downloading_torch(tmp_path, probe_wheels):
     python = _image_venv(tmp_path / "image", with_torch=True)
-    run = _setup_venv(tmp_path, tmp_path / "image")
+    run = _setup_venv(tmp_path, tmp_path / "image", probe_wheels)
     assert run.returncode == 0, run.stdout[-3000:]
     marker = json.loads((tmp_path / "image" / "gpu-runner-install.json").read_text())
     assert marker["requirements"] == ["e2e-probe==1.0"]  # no torch pin, nothing of the index
@@ -74,9 +81,8 @@ def test_image_venv_becomes_the_training_venv_without_downloading_torch(tmp_path
                                      capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_a_venv_that_sees_no_torch_is_refused(tmp_path):
-    _probe_wheel(tmp_path)
+def test_a_venv_that_sees_no_torch_is_refused(tmp_path, probe_wheels):
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "bare")], check=True)  # pip, but no torch
-    run = _setup_venv(tmp_path, tmp_path / "bare")
+    run = _setup_venv(tmp_path, tmp_path / "bare", probe_wheels)
     assert run.returncode != 0
     assert "train_venv_system_torch: " + str(tmp_path / "bare") + " sees no torch" in run.stdout, run.stdout[-3000:]
