@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, parse_config, sources
-from .data import data_files, has_response, record_format, sample_records, tokenize_records
+from .data import (
+    count_records,
+    data_files,
+    has_response,
+    held_out_count,
+    record_format,
+    sample_records,
+    tokenize_records,
+)
 from .exits import EXIT_REFUSED
 
 FULL_CHECK_BYTES = 64 * 2**20  # datasets up to this size have every record checked; larger ones a sample
@@ -43,7 +51,28 @@ def probe(cfg: TrainConfig) -> list[str]:
             notes.append(f"dataset {source.path} is not on this host yet: checked when the trainer loads it")
     if any(Path(source.path).exists() for source in sources(cfg)):
         notes.append(f"data: {check_data(cfg, tokenizer)}")
+    if cfg.eval is not None:
+        notes.append(f"eval: {check_eval(cfg, tokenizer)}")
     return notes
+
+
+def check_eval(cfg: TrainConfig, tokenizer: Any | None) -> str:
+    """The eval section against what is on this host: a separate file read as training data is, or the split
+    against the records the dataset holds."""
+    ev = cfg.eval
+    assert ev is not None
+    if ev.dataset is not None:
+        if not Path(ev.dataset).exists():
+            return f"{ev.dataset} is not on this host yet: checked when the trainer loads it"
+        try:
+            return check_data(dataclasses.replace(cfg, dataset=ev.dataset), tokenizer)
+        except ConfigError as err:
+            raise ConfigError(f"eval.dataset: {err}") from None
+    paths = [source.path for source in sources(cfg)]
+    if not all(Path(path).exists() for path in paths):
+        return f"split {ev.split}: checked when the trainer loads the dataset"
+    total = sum(count_records(path) for path in paths)
+    return f"{held_out_count(ev.split, total)} of {total} records held out"
 
 
 def load_model_config(cfg: TrainConfig) -> Any | None:

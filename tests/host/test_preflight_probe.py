@@ -57,3 +57,33 @@ def test_sharegpt_and_content_parts_pass_the_probe(tmp_path, tiny_model, monkeyp
     notes = probe_job(tmp_path, {"format": "auto"}, tiny_model, data)
     assert notes == ["model: llama (LlamaForCausalLM)", "data: chat, 2 records checked, 0 without a response; "
                      "2 of 2 tokenized records train within max_seq_len"]  # both shapes read as chat
+
+
+def eval_job(tmp_path: Path, model: Path, ev: dict, eval_file: Path | None = None) -> list[str]:
+    from test_preflight_data import DEMO
+
+    job = {"session_id": "s1", "host": "localhost", "spec": validate_spec(spec(eval=ev)).model_dump(),
+           "paths": {"model": str(model), "dataset": str(DEMO),
+                     **({"eval.dataset": str(eval_file)} if eval_file else {})}}
+    return probe(parse_config(trainer_config(job, tmp_path / "sessions" / "s1")))
+
+
+def test_the_eval_section_is_checked_against_the_host_data(tmp_path, tiny_model, monkeypatch):
+    """A split that leaves nothing to train on, and a separate eval file with a bad record, are refused before
+    anything changes (the controller checks them only where it uploads the data); good ones are noted."""
+    from test_preflight_data import BAD_DATA, DEMO
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    total = sum(1 for line in DEMO.read_text().splitlines() if line.strip())
+    with pytest.raises(ConfigError, match=rf"^eval.split {total} holds out {total} of the dataset's {total} records"):
+        eval_job(tmp_path, tiny_model, {"split": total})
+    bad = BAD_DATA / "misspelled_role.jsonl"
+    with pytest.raises(ConfigError, match=r"^eval.dataset: .*misspelled_role.jsonl:2: turn 2 has role 'assistent'"):
+        eval_job(tmp_path, tiny_model, {"dataset": "eval.jsonl"}, eval_file=bad)
+    held = round(total * 0.1)
+    assert eval_job(tmp_path, tiny_model, {"split": 0.1})[-1] == f"eval: {held} of {total} records held out"
+    notes = eval_job(tmp_path, tiny_model, {"dataset": "eval.jsonl"}, eval_file=DEMO)
+    assert notes[-1].startswith("eval: chat, ") and "train within max_seq_len" in notes[-1]
+    missing = tmp_path / "not-here.jsonl"
+    assert eval_job(tmp_path, tiny_model, {"dataset": "eval.jsonl"}, eval_file=missing)[-1] == (
+        f"eval: {missing} is not on this host yet: checked when the trainer loads it")
