@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +57,19 @@ def resolve_features(
     # on a 24 GiB cap: compiled 10.8k tokens/s, Liger 10.0k; bench/RESULTS.md); the sizing probe runs the compiled
     # layers, so it measures their memory. Triton (what compiled code runs on) covers sm80 and newer consumer cards
     # (3090 Ti sm86, 4090 sm89). FSDP's sharded parameters stay eager.
-    compiles = cuda and not sharded and t.liger is not True and _installed("triton")
+    # Triton builds each kernel's launcher with the host's C compiler: without one, compiled layers and Liger's
+    # kernels fail at their first step, so `auto` runs the layers eagerly and says so.
+    triton = _installed("triton") and c_compiler() is not None
+    compiles = cuda and not sharded and t.liger is not True and triton
     compile_ = t.compile if t.compile != AUTO else compiles
-    liger = t.liger if t.liger != AUTO else cuda and not compile_ and _installed("liger_kernel")
+    liger = t.liger if t.liger != AUTO else cuda and not compile_ and triton and _installed("liger_kernel")
     if liger and not _installed("liger_kernel"):
         raise ConfigError("train.liger is true but liger-kernel is not installed (pip install liger-kernel)")
+    if cuda and (compile_ is True or liger is True) and c_compiler() is None:
+        raise ConfigError(NO_COMPILER.format(what="train.compile" if compile_ is True else "train.liger"))
+    if cuda and t.compile == AUTO and t.liger == AUTO and c_compiler() is None:
+        log.warning("no C compiler (gcc or clang) on this host: Triton cannot build kernels, so the layers run "
+                    "eagerly (slower); install gcc for compiled layers")
     return Features(
         attention=attention,
         liger=bool(liger),
@@ -68,6 +78,15 @@ def resolve_features(
         attention_reason=path.reason if path else "",
         warning=path.warning if path else None,
     )
+
+
+NO_COMPILER = ("{what} is true but this host has no C compiler (gcc or clang), which Triton needs to build its "
+               "kernels; install gcc (apt install gcc) or set {what} to auto")
+
+
+def c_compiler() -> str | None:
+    """The C compiler Triton would build its kernel launchers with (its own lookup: $CC, gcc, clang)."""
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
 
 
 def _installed(module: str) -> bool:

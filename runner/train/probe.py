@@ -46,6 +46,7 @@ def probe(cfg: TrainConfig) -> list[str]:
         tokenizer = load_tokenizer(cfg)
     check_method(cfg)
     check_attention(cfg)
+    notes.extend(check_kernels(cfg))
     for source in sources(cfg):
         if not Path(source.path).exists():
             notes.append(f"dataset {source.path} is not on this host yet: checked when the trainer loads it")
@@ -162,6 +163,21 @@ def check_attention(cfg: TrainConfig) -> None:
         if not torch.cuda.is_available() or not varlen_kernel_available(torch.device("cuda", 0)):
             raise ConfigError("train.attention varlen needs a CUDA GPU of compute capability 8.0 or newer; "
                               "use auto (it picks sdpa elsewhere)")
+
+
+def check_kernels(cfg: TrainConfig) -> list[str]:
+    """Compiled layers and Liger's kernels need Triton's C compiler on a CUDA host: refused when asked for, a note
+    when `auto` will run the layers eagerly for want of one."""
+    import torch
+
+    from .model import NO_COMPILER, c_compiler
+
+    if not torch.cuda.is_available() or c_compiler() is not None:
+        return []
+    for what in ("compile", "liger"):
+        if getattr(cfg.train, what) is True:
+            raise ConfigError(NO_COMPILER.format(what=f"train.{what}"))
+    return ["kernels: no C compiler (gcc or clang) here, so the layers run eagerly; install gcc for compiled layers"]
 
 
 def check_data(cfg: TrainConfig, tokenizer: Any | None) -> str:

@@ -95,20 +95,47 @@ def test_auto_features_on_cuda(monkeypatch, method, train, sharded, expected):
 
     monkeypatch.setattr(model, "varlen_kernel_available", lambda device: False)
     monkeypatch.setattr(model, "_installed", lambda module: module in ("triton", "liger_kernel"))
+    monkeypatch.setattr(model, "c_compiler", lambda: "/usr/bin/gcc")
     cfg = parse_config({**BASE, "method": method, "train": train})
     features = model.resolve_features(cfg, torch.device("cuda"), sharded=sharded)
     assert (features.compile, features.liger) == expected
 
 
-def test_compile_needs_triton_on_cuda(monkeypatch):
+def test_without_triton_cuda_layers_run_eagerly(monkeypatch):
+    """Compiled layers and Liger's kernels are both Triton kernels."""
     import torch
 
     from runner.train import model
 
     monkeypatch.setattr(model, "varlen_kernel_available", lambda device: False)
     monkeypatch.setattr(model, "_installed", lambda module: module == "liger_kernel")
+    monkeypatch.setattr(model, "c_compiler", lambda: "/usr/bin/gcc")
     features = model.resolve_features(parse_config({**BASE, "method": "qlora"}), torch.device("cuda"))
-    assert (features.compile, features.liger) == (False, True)
+    assert (features.compile, features.liger) == (False, False)
+
+
+def test_without_a_c_compiler_cuda_layers_run_eagerly_or_are_refused(monkeypatch, caplog):
+    """Triton builds its kernels with the host's C compiler: without one `auto` runs the layers eagerly and says
+    so; compile or Liger asked for are refused in one line, by the trainer and by the host's preflight probe."""
+    import torch
+
+    from runner.train import model, probe
+
+    monkeypatch.setattr(model, "varlen_kernel_available", lambda device: False)
+    monkeypatch.setattr(model, "_installed", lambda module: module in ("triton", "liger_kernel"))
+    monkeypatch.setattr(model, "c_compiler", lambda: None)
+    features = model.resolve_features(parse_config({**BASE, "method": "qlora"}), torch.device("cuda"))
+    assert (features.compile, features.liger) == (False, False)
+    assert "no C compiler (gcc or clang) on this host" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert probe.check_kernels(parse_config(BASE)) == [
+        "kernels: no C compiler (gcc or clang) here, so the layers run eagerly; install gcc for compiled layers"]
+    for what in ("compile", "liger"):
+        cfg = parse_config({**BASE, "train": {what: True}})
+        for check in (lambda cfg=cfg: model.resolve_features(cfg, torch.device("cuda")),
+                      lambda cfg=cfg: probe.check_kernels(cfg)):
+            with pytest.raises(ConfigError, match=rf"^train.{what} is true but this host has no C compiler"):
+                check()
 
 
 def test_varlen_needs_packing():
