@@ -36,12 +36,22 @@ def cluster_hosts(hosts: list[str], multi_node: bool) -> list[str]:
 def address(inventory: Inventory, host: str) -> str:
     """A host's address on the cluster network: train_session_cluster_address, else ansible_host, else its name."""
     variables = inventory.variables.get(host, {})
-    return str(variables.get(ADDRESS) or variables.get("ansible_host") or host)
+    name = next((n for n in (ADDRESS, "ansible_host") if variables.get(n)), None)
+    return _literal(host, name, variables[name]) if name else host
 
 
 def interface(inventory: Inventory, host: str) -> str:
     """The interface the inventory names for the cluster network (train_session_cluster_interface), or ''."""
-    return str(inventory.variables.get(host, {}).get(INTERFACE) or "")
+    value = inventory.variables.get(host, {}).get(INTERFACE)
+    return _literal(host, INTERFACE, value) if value else ""
+
+
+def _literal(host: str, name: str, value: object) -> str:
+    """The controller lays the job out from the inventory as written (ansible-inventory renders no Jinja)."""
+    if "{{" in str(value) or "{%" in str(value):
+        raise UsageError(f"inventory variable {name} of {host} is a template ({value}); a multi-node job is laid "
+                         "out before Ansible renders templates: write the address or interface itself")
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -65,3 +65,17 @@ def test_the_old_unprefixed_names_still_work_and_say_so_once(tmp_path, fresh_war
     assert machines.parts["b"]["address"] == "10.0.0.99"  # the new name wins where both are set
     inventory_file(tmp_path, text)
     assert capsys.readouterr().err == ""  # once a run
+
+
+def test_a_templated_cluster_address_is_refused_in_one_line(tmp_path, fresh_warnings):
+    """ansible-inventory --list does not render Jinja: a templated address would reach the hosts as its text."""
+    from runner.errors import UsageError
+
+    inventory = inventory_file(tmp_path, "[gpu_hosts]\n"
+                               "a ansible_host=192.0.2.10 train_session_cluster_address='{{ ansible_host }}'\n"
+                               "b ansible_host=192.0.2.11 train_session_cluster_interface='{{ nic }}'\n")
+    with pytest.raises(UsageError, match=r"^inventory variable train_session_cluster_address of a is a template "
+                                         r"\(\{\{ ansible_host \}\}\); .* write the address or interface itself$"):
+        lay_out(inventory, ["a", "b"], {"a": gpus(24564), "b": gpus(24564)}, 29500)
+    with pytest.raises(UsageError, match=r"^inventory variable train_session_cluster_interface of b is a template"):
+        lay_out(inventory, ["b", "a"], {"a": gpus(24564), "b": gpus(24564)}, 29500)
