@@ -3,7 +3,8 @@
 At the end of a finished session rank 0 generates greedily from the model still in memory: with the adapter as
 saved (output_dir/adapter, loaded back, so the best evaluated one where the job evaluates) and, under PEFT's
 disable_adapter(), the base model: the same weights, no second load. The prompts are the held-out records where
-the job has an eval section, else the first records of the training data (samples.md says they were trained on);
+the job has an eval section, else the first records of the training data that the run trained on (of a mix:
+those its shares took; samples.md says they were trained on);
 each is its record up to the last assistant turn, tokenized exactly as training tokenized it. Inference stays down
 while this runs, so samples.budget_s bounds it: what is not done by then is left out, and samples.md says so.
 Writes output_dir/samples.md and output_dir/samples.jsonl.
@@ -24,6 +25,7 @@ import torch
 from .config import TrainConfig
 from .data import IGNORE, has_response, read_records, record_format, tokenize_record
 from .evaluation import split_data
+from .mixing import mix
 
 log = logging.getLogger("runner.train")
 
@@ -81,6 +83,9 @@ def write_samples(accelerator: Any, cfg: TrainConfig, peft_model: Any, tokenizer
 def pick_prompts(cfg: TrainConfig, tokenizer: Any) -> tuple[list[Sample], bool]:
     """Up to samples.count prompts with their reference answers, and whether they were held out of training."""
     records, held = split_data(cfg, read_records(cfg.dataset))
+    if held is None:  # of a mix, only records it trained on (a source's share can leave some of its records out)
+        trained = {id(record) for record in mix(records, cfg.dataset, cfg.train.seed)}
+        records = [record for record in records if id(record) in trained]
     pool = held if held is not None else records
     picked: list[Sample] = []
     for record in pool:
