@@ -13,6 +13,7 @@ from provisioning import SESSIONS_ROOT, STANDING_W
 
 DATASET = REPO / "examples" / "data" / "demo.jsonl"
 SESSIONS = f"{SESSIONS_ROOT}/sessions"
+TOKEN = "hf_plantedTokenGpuRunner0123456789abcdef"  # an HF token planted in a controller's environment: never on disk
 
 
 def job_file(tmp_path: Path, *, vllm: bool, max_steps: int = 20, **extra) -> Path:

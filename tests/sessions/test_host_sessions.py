@@ -29,13 +29,9 @@ from sessionkit import (
 pytestmark = [pytest.mark.hosts, pytest.mark.slow]
 
 
-def test_session_caps_stops_vllm_trains_and_restores(provisioned, inventory, hosts, home):
-    th1 = hosts["th1"].serve_vllm()
-    started = time.monotonic()
-    result = train(job_file(home, vllm=True), inventory, "th1", cwd=home)
-    wall_s = time.monotonic() - started
-    assert result.returncode == 0, result.stderr
-    session = session_of(result)
+def test_session_caps_stops_vllm_trains_and_restores(parallel, hosts):
+    """th1's part of the parallel session (conftest.py)."""
+    th1, home, result, session = hosts["th1"], parallel.home, parallel.result, parallel.session
     status = host_status(th1, session)
     phases = {p["name"]: p for p in status["phases"]}
     assert status["outcome"] == "succeeded" and status["restore"]["ok"]
@@ -44,43 +40,30 @@ def test_session_caps_stops_vllm_trains_and_restores(provisioned, inventory, hos
     assert "stopped vllm" in phases["inference"]["detail"] and "GPUs free" in phases["inference"]["detail"]
     assert status["trainer"]["world_size"] == 2  # both (simulated) GPUs, from the rendered accelerate config
     overhead_s = phases["train"]["started"] - status["started"]
-    print(f"th1 session: wall {wall_s:.0f} s; overhead before launch {overhead_s:.1f} s; "
+    print(f"th1 session: overhead before launch {overhead_s:.1f} s; "
           f"inference downtime {status['summary'].get('inference_downtime_s', 0):.0f} s")
     assert (home / "runs" / session / "th1" / "adapter" / "adapter_config.json").exists()
     assert "max" in result.stdout and "instant (limit 350 W)" in result.stdout
     assert_restored(th1, vllm=True)
 
 
-def test_two_hosts_train_in_parallel(provisioned, inventory, hosts, home):
-    # th1 serves (its vLLM must stop for the session); th2's unit exists but is not running, so stays stopped
-    started = time.monotonic()
-    result = train(job_file(home, vllm=True, max_steps=30), inventory, "th1,th2", cwd=home)
-    both_s = time.monotonic() - started
-    assert result.returncode == 0, result.stderr
-    session = session_of(result)
-    started = time.monotonic()
-    assert train(job_file(home, vllm=False, max_steps=30), inventory, "th2", cwd=home).returncode == 0
-    one_s = time.monotonic() - started
-    print(f"wall time: 1 host {one_s:.0f} s, 2 hosts in parallel {both_s:.0f} s")
+def test_two_hosts_train_in_parallel(parallel, hosts):
     for name in ("th1", "th2"):
-        assert host_status(hosts[name], session)["outcome"] == "succeeded"
+        assert host_status(hosts[name], parallel.session)["outcome"] == "succeeded"
         assert_restored(hosts[name], vllm=name == "th1")
     assert hosts["th2"].ssh("systemctl is-active vllm", check=False).stdout.strip() == "inactive"
 
 
-@pytest.mark.parametrize(("victim", "outcome"), [
-    ("runner[.]train", "failed"),  # the trainer dies: the supervisor restores
-    ("runner[.]host session", "interrupted"),  # the supervisor dies: the unit's stop hook restores
-])
-def test_killed_trainer_or_supervisor_still_restores(provisioned, inventory, hosts, home, victim, outcome):
+def test_a_killed_trainer_still_restores(provisioned, inventory, hosts, home):
+    """The trainer dies: the supervisor restores (a killed supervisor or launcher: test_session_faults.py)."""
     th2 = hosts["th2"]
     controller = Background(job_file(home, vllm=False, max_steps=100000), inventory, "th2", home)
     wait_for_step(th2, controller.session, 3)
     assert limits(th2) != STANDING_W["th2"]  # capped for the session
-    th2.ssh(f"pkill -KILL -f '{victim}'")
+    th2.ssh("pkill -KILL -f 'runner[.]train'")
     assert controller.wait() != 0
     status = host_status(th2, controller.session)
-    assert status["outcome"] == outcome and status["restore"]["ok"]
+    assert status["outcome"] == "failed" and status["restore"]["ok"]
     assert_restored(th2, vllm=False)
 
 
@@ -150,7 +133,7 @@ def test_inference_that_does_not_come_back_is_loud(provisioned, inventory, hosts
     th1 = hosts["th1"].serve_vllm()
     dropin = "/etc/systemd/system/vllm.service.d/zz-broken.conf"
     controller = Background(
-        job_file(home, vllm=True, max_steps=100000, inference={"health_timeout_s": 20}), inventory, "th1", home)
+        job_file(home, vllm=True, max_steps=100000, inference={"health_timeout_s": 5}), inventory, "th1", home)
     session = controller.session
     wait_for_step(th1, session, 2)
     th1.ssh(f"mkdir -p {Path(dropin).parent} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {dropin}"

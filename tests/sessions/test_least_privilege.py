@@ -10,10 +10,9 @@ import subprocess
 
 import pytest
 from helpers import run_runner
-from sessionkit import SESSIONS, assert_restored, job_file, limits, session_of, train
+from sessionkit import SESSIONS, TOKEN, assert_restored, limits
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow]
-TOKEN = "hf_plantedTokenGpuRunner0123456789abcdef"
 EXPOSURE_LIMIT = 3.0  # systemd-analyze security: 'OK' is below 4.0; the trainer unit must score at most this
 
 
@@ -46,12 +45,12 @@ def test_trainer_unit_is_hardened(provisioned, hosts):
     assert trainer <= EXPOSURE_LIMIT < supervisor
 
 
-def test_session_trains_as_trainer_and_the_token_never_leaks(provisioned, inventory, hosts, home, monkeypatch):
-    th2 = hosts["th2"]
+def test_session_trains_as_trainer_and_the_token_never_leaks(parallel, hosts, monkeypatch):
+    """th2's part of the parallel session (conftest.py), started with TOKEN in the controller's environment."""
+    th2, home, result, session = hosts["th2"], parallel.home, parallel.result, parallel.session
+    monkeypatch.setenv("HOME", str(home))  # its ledger, for `runner status`
+    monkeypatch.setenv("RUNNER_DATA_DIR", str(home / "data"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    result = train(job_file(home, vllm=False, max_steps=15), inventory, "th2", cwd=home)
-    assert result.returncode == 0, result.stderr
-    session = session_of(result)
     session_dir = f"{SESSIONS}/{session}"
     assert th2.ssh(f"stat -c %U {session_dir}/output {session_dir}/output/adapter").stdout.split() == \
         ["trainer", "trainer"]
@@ -61,9 +60,10 @@ def test_session_trains_as_trainer_and_the_token_never_leaks(provisioned, invent
     assert TOKEN not in result.stdout + result.stderr
     local = subprocess.run(["grep", "-rl", TOKEN, str(home)], capture_output=True, text=True)
     assert local.stdout == "", f"token found in {local.stdout}"  # runs/, the ledger, ansible-runner artifacts
-    remote = th2.ssh(f"grep -rl {TOKEN} {SESSIONS} /var/log /root /tmp /home/trainer 2>/dev/null; "
-                     f"journalctl --no-pager | grep -c {TOKEN}", check=False).stdout.split()
-    assert remote == ["0"], f"token found on the host: {remote}"
+    for host in (th2, hosts["th1"]):
+        remote = host.ssh(f"grep -rl {TOKEN} {SESSIONS} /var/log /root /tmp /home/trainer 2>/dev/null; "
+                          f"journalctl --no-pager | grep -c {TOKEN}", check=False).stdout.split()
+        assert remote == ["0"], f"token found on {host.name}: {remote}"
     status = json.loads(th2.ssh(f"cat {session_dir}/status.json").stdout)
     assert status["outcome"] == "succeeded"
     assert_restored(th2, vllm=False)
