@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sysconfig
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,19 +58,21 @@ def resolve_features(
     # on a 24 GiB cap: compiled 10.8k tokens/s, Liger 10.0k; bench/RESULTS.md); the sizing probe runs the compiled
     # layers, so it measures their memory. Triton (what compiled code runs on) covers sm80 and newer consumer cards
     # (3090 Ti sm86, 4090 sm89). FSDP's sharded parameters stay eager.
-    # Triton builds each kernel's launcher with the host's C compiler: without one, compiled layers and Liger's
-    # kernels fail at their first step, so `auto` runs the layers eagerly and says so.
-    triton = _installed("triton") and c_compiler() is not None
+    # Triton builds each kernel's launcher (C that includes Python.h) on the host: without a C compiler or Python's
+    # headers, compiled layers and Liger's kernels fail at their first step, so `auto` runs the layers eagerly.
+    missing = triton_build_missing() if cuda else None
+    triton = _installed("triton") and missing is None
     compiles = cuda and not sharded and t.liger is not True and triton
     compile_ = t.compile if t.compile != AUTO else compiles
     liger = t.liger if t.liger != AUTO else cuda and not compile_ and triton and _installed("liger_kernel")
     if liger and not _installed("liger_kernel"):
         raise ConfigError("train.liger is true but liger-kernel is not installed (pip install liger-kernel)")
-    if cuda and (compile_ is True or liger is True) and c_compiler() is None:
-        raise ConfigError(NO_COMPILER.format(what="train.compile" if compile_ is True else "train.liger"))
-    if cuda and t.compile == AUTO and t.liger == AUTO and c_compiler() is None:
-        log.warning("no C compiler (gcc or clang) on this host: Triton cannot build kernels, so the layers run "
-                    "eagerly (slower); install gcc for compiled layers")
+    if missing and (compile_ is True or liger is True):
+        raise ConfigError(NO_TRITON_BUILD.format(what="train.compile" if compile_ is True else "train.liger",
+                                                 missing=missing))
+    if missing and t.compile == AUTO and t.liger == AUTO:
+        log.warning("this host lacks %s, which Triton needs to build kernels: the layers run eagerly (slower); "
+                    "install gcc and python3-dev for compiled layers", missing)
     return Features(
         attention=attention,
         liger=bool(liger),
@@ -80,13 +83,20 @@ def resolve_features(
     )
 
 
-NO_COMPILER = ("{what} is true but this host has no C compiler (gcc or clang), which Triton needs to build its "
-               "kernels; install gcc (apt install gcc) or set {what} to auto")
+NO_TRITON_BUILD = ("{what} is true but this host lacks {missing}, which Triton needs to build its kernels; "
+                   "install it (apt install gcc python3-dev) or set {what} to auto")
 
 
-def c_compiler() -> str | None:
-    """The C compiler Triton would build its kernel launchers with (its own lookup: $CC, gcc, clang)."""
-    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+def triton_build_missing() -> str | None:
+    """What this host lacks for Triton to build its kernels' launchers, by Triton's own lookup (runtime/build.py:
+    $CC, gcc or clang, compiling C that includes Python.h); None when nothing is missing."""
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        return "a C compiler (gcc or clang)"
+    scheme = sysconfig.get_default_scheme()
+    include = sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"]
+    if not os.path.exists(os.path.join(include, "Python.h")):
+        return "Python's headers (python3-dev)"
+    return None
 
 
 def _installed(module: str) -> bool:

@@ -166,18 +166,20 @@ def check_attention(cfg: TrainConfig) -> None:
 
 
 def check_kernels(cfg: TrainConfig) -> list[str]:
-    """Compiled layers and Liger's kernels need Triton's C compiler on a CUDA host: refused when asked for, a note
-    when `auto` will run the layers eagerly for want of one."""
+    """Compiled layers and Liger's kernels need Triton to build on a CUDA host (a C compiler, Python's headers):
+    refused when asked for, a note when `auto` will run the layers eagerly for want of them."""
     import torch
 
-    from .model import NO_COMPILER, c_compiler
+    from .model import NO_TRITON_BUILD, triton_build_missing
 
-    if not torch.cuda.is_available() or c_compiler() is not None:
+    missing = triton_build_missing() if torch.cuda.is_available() else None
+    if missing is None:
         return []
     for what in ("compile", "liger"):
         if getattr(cfg.train, what) is True:
-            raise ConfigError(NO_COMPILER.format(what=f"train.{what}"))
-    return ["kernels: no C compiler (gcc or clang) here, so the layers run eagerly; install gcc for compiled layers"]
+            raise ConfigError(NO_TRITON_BUILD.format(what=f"train.{what}", missing=missing))
+    return [f"kernels: this host lacks {missing}, so the layers run eagerly; install gcc and python3-dev for "
+            "compiled layers"]
 
 
 def check_data(cfg: TrainConfig, tokenizer: Any | None) -> str:

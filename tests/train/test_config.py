@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -95,7 +96,7 @@ def test_auto_features_on_cuda(monkeypatch, method, train, sharded, expected):
 
     monkeypatch.setattr(model, "varlen_kernel_available", lambda device: False)
     monkeypatch.setattr(model, "_installed", lambda module: module in ("triton", "liger_kernel"))
-    monkeypatch.setattr(model, "c_compiler", lambda: "/usr/bin/gcc")
+    monkeypatch.setattr(model, "triton_build_missing", lambda: None)
     cfg = parse_config({**BASE, "method": method, "train": train})
     features = model.resolve_features(cfg, torch.device("cuda"), sharded=sharded)
     assert (features.compile, features.liger) == expected
@@ -109,33 +110,53 @@ def test_without_triton_cuda_layers_run_eagerly(monkeypatch):
 
     monkeypatch.setattr(model, "varlen_kernel_available", lambda device: False)
     monkeypatch.setattr(model, "_installed", lambda module: module == "liger_kernel")
-    monkeypatch.setattr(model, "c_compiler", lambda: "/usr/bin/gcc")
+    monkeypatch.setattr(model, "triton_build_missing", lambda: None)
     features = model.resolve_features(parse_config({**BASE, "method": "qlora"}), torch.device("cuda"))
     assert (features.compile, features.liger) == (False, False)
 
 
-def test_without_a_c_compiler_cuda_layers_run_eagerly_or_are_refused(monkeypatch, caplog):
-    """Triton builds its kernels with the host's C compiler: without one `auto` runs the layers eagerly and says
-    so; compile or Liger asked for are refused in one line, by the trainer and by the host's preflight probe."""
+@pytest.mark.parametrize("missing", ["a C compiler (gcc or clang)", "Python's headers (python3-dev)"])
+def test_where_triton_cannot_build_cuda_layers_run_eagerly_or_are_refused(monkeypatch, caplog, missing):
+    """Triton builds its kernels' launchers (C including Python.h) on the host: without a compiler or the headers
+    `auto` runs the layers eagerly and says so; compile or Liger asked for are refused in one line, by the trainer
+    and by the host's preflight probe."""
     import torch
 
     from runner.train import model, probe
 
     monkeypatch.setattr(model, "varlen_kernel_available", lambda device: False)
     monkeypatch.setattr(model, "_installed", lambda module: module in ("triton", "liger_kernel"))
-    monkeypatch.setattr(model, "c_compiler", lambda: None)
+    monkeypatch.setattr(model, "triton_build_missing", lambda: missing)
     features = model.resolve_features(parse_config({**BASE, "method": "qlora"}), torch.device("cuda"))
     assert (features.compile, features.liger) == (False, False)
-    assert "no C compiler (gcc or clang) on this host" in caplog.text
+    assert f"this host lacks {missing}, which Triton needs" in caplog.text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert probe.check_kernels(parse_config(BASE)) == [
-        "kernels: no C compiler (gcc or clang) here, so the layers run eagerly; install gcc for compiled layers"]
+        f"kernels: this host lacks {missing}, so the layers run eagerly; install gcc and python3-dev for compiled "
+        "layers"]
     for what in ("compile", "liger"):
         cfg = parse_config({**BASE, "train": {what: True}})
         for check in (lambda cfg=cfg: model.resolve_features(cfg, torch.device("cuda")),
                       lambda cfg=cfg: probe.check_kernels(cfg)):
-            with pytest.raises(ConfigError, match=rf"^train.{what} is true but this host has no C compiler"):
+            with pytest.raises(ConfigError, match=rf"^train.{what} is true but this host lacks {re.escape(missing)}"):
                 check()
+
+
+def test_what_triton_needs_to_build_is_looked_up_as_triton_does(monkeypatch, tmp_path):
+    import sysconfig
+
+    from runner.train.model import triton_build_missing
+
+    include = tmp_path / "include"
+    include.mkdir()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda scheme=None: {"include": str(include)})
+    monkeypatch.setenv("CC", "/no/such/cc")  # as Triton: $CC is taken as given
+    assert triton_build_missing() == "Python's headers (python3-dev)"
+    (include / "Python.h").write_text("")
+    assert triton_build_missing() is None
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no gcc, no clang
+    assert triton_build_missing() == "a C compiler (gcc or clang)"
 
 
 def test_varlen_needs_packing():
