@@ -87,7 +87,9 @@ def test_controller_killed_host_finishes_and_restores(provisioned, inventory, ho
 
 def test_reboot_mid_session_then_resume(provisioned, inventory, hosts, home):
     th2 = hosts["th2"]
-    controller = Background(job_file(home, vllm=False, max_steps=80), inventory, "th2", home)
+    # th2 trains ~16 steps/s: 200 steps leave the reboot ~10 s to land before the last one
+    controller = Background(job_file(home, vllm=False, max_steps=200, train={"save_steps": 10}), inventory, "th2",
+                            home)
     session = controller.session
     wait_for_step(th2, session, 12)
     th2.reboot()
@@ -98,7 +100,7 @@ def test_reboot_mid_session_then_resume(provisioned, inventory, hosts, home):
     resumed = run_runner("train", "--resume", session, cwd=home, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     status = host_status(th2, session)
-    assert status["outcome"] == "succeeded" and status["step"] == 80
+    assert status["outcome"] == "succeeded" and status["step"] == 200
     assert_restored(th2, vllm=False)
 
 
