@@ -83,10 +83,11 @@ def write_samples(accelerator: Any, cfg: TrainConfig, peft_model: Any, tokenizer
 def pick_prompts(cfg: TrainConfig, tokenizer: Any) -> tuple[list[Sample], bool]:
     """Up to samples.count prompts with their reference answers, and whether they were held out of training."""
     records, held = split_data(cfg, read_records(cfg.dataset))
-    if held is None:  # of a mix, only records it trained on (a source's share can leave some of its records out)
+    if held is not None:
+        pool = held
+    else:  # of a mix, only records it trained on (a source's share can leave some of its records out)
         trained = {id(record) for record in mix(records, cfg.dataset, cfg.train.seed)}
-        records = [record for record in records if id(record) in trained]
-    pool = held if held is not None else records
+        pool = [record for record in records if id(record) in trained]
     picked: list[Sample] = []
     for record in pool:
         sample = _to_sample(record, cfg, tokenizer)
