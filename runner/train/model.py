@@ -230,10 +230,14 @@ def enable_checkpointing(model: nn.Module) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+COMPILED = "_runner_compiled"  # a compiled layer's own compiled call (activations.py routes checkpointing around it)
+
+
 def compile_layers(model: nn.Module) -> None:
     """Compile each decoder layer in place: fuses norms, activations, RoPE and LoRA's small ops."""
     for layer in decoder_layers(model):
         layer.compile()
+        setattr(layer, COMPILED, layer._compiled_call_impl)
 
 
 def layers_compiled(model: nn.Module) -> bool:

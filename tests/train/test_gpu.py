@@ -1,5 +1,7 @@
 """GPU paths: torch's varlen flash kernel, Liger, torch.compile and memory sizing (skipped without CUDA)."""
 
+import functools
+
 import pytest
 import torch
 
@@ -106,6 +108,17 @@ def test_two_gpus_train_stop_and_resume(write_config, metrics, tmp_path, strateg
     assert steps[-1]["loss"] < steps[0]["loss"]
 
 
+def packed_step_gradients(loss_model):
+    """LoRA gradients of one packed step of two examples (120 and 80 tokens) on fixed tokens."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 900, (1, 200), generator=gen).cuda()
+    positions = torch.cat([torch.arange(120), torch.arange(80)]).unsqueeze(0).cuda()
+    loss_model(input_ids=ids, targets=ids, position_ids=positions).backward()
+    grads = {n: p.grad.clone() for n, p in loss_model.named_parameters() if p.grad is not None}
+    loss_model.zero_grad(set_to_none=True)
+    return grads
+
+
 def test_compiled_layers_with_the_mlp_in_chunks_give_the_plain_gradients(tiny_model, monkeypatch):
     """The long-context levers on compiled layers (as `auto` runs them on CUDA): checkpointing offloaded to CPU
     and each MLP in chunks (eager inside the compiled layer) give the gradients of the plain compiled step."""
@@ -121,15 +134,7 @@ def test_compiled_layers_with_the_mlp_in_chunks_give_the_plain_gradients(tiny_mo
     loss_model = CausalLMLoss(get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")))
     loss_model.model.train()
     compile_layers(loss_model.model)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 900, (1, 200), generator=gen).cuda()
-    positions = torch.cat([torch.arange(120), torch.arange(80)]).unsqueeze(0).cuda()
-
-    def gradients():
-        loss_model(input_ids=ids, targets=ids, position_ids=positions).backward()
-        grads = {n: p.grad.clone() for n, p in loss_model.named_parameters() if p.grad is not None}
-        loss_model.zero_grad(set_to_none=True)
-        return grads
+    gradients = functools.partial(packed_step_gradients, loss_model)
 
     apply_checkpointing(loss_model.model, 0, offload=False)
     plain = gradients()
@@ -138,3 +143,38 @@ def test_compiled_layers_with_the_mlp_in_chunks_give_the_plain_gradients(tiny_mo
     assert chunked.keys() == plain.keys()
     for name, grad in chunked.items():
         torch.testing.assert_close(grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_qlora_compiled_checkpointed_layers_give_the_compiled_plain_gradients(tiny_model):
+    """QLoRA as `auto` runs it on CUDA: NF4 layers compiled and checkpointed (around the compiled call, whichever
+    transformers) give the LoRA gradients of the compiled step without checkpointing, to within what an H200 with
+    torch 2.11 showed between any two of these NF4 steps (2026-12-03: 2.5e-3 of a gradient's norm, checkpointed
+    against plain, and 2.2e-3 compiled against eager; not explained; a wrong function is off by order one).
+    The non-quantized path is exact to 1e-4 (tests/train/test_compiled_checkpointing.py, on the CPU)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from runner.train.activations import apply_checkpointing, layer_checkpointed
+    from runner.train.model import CausalLMLoss, compile_layers, decoder_layers, qlora_quantization
+
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model, dtype=torch.float32, quantization_config=qlora_quantization(torch.float32), device_map={"": 0}
+    )
+    config = LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    loss_model = CausalLMLoss(get_peft_model(base, config))
+    loss_model.model.train()
+    for name, param in loss_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    gradients = functools.partial(packed_step_gradients, loss_model)
+
+    compile_layers(loss_model.model)
+    apply_checkpointing(loss_model.model, 0, offload=False)
+    gradients()
+    plain = gradients()
+    apply_checkpointing(loss_model.model, None, offload=False)
+    assert all(layer_checkpointed(layer) for layer in decoder_layers(loss_model.model))
+    compiled = gradients()
+    assert compiled.keys() == plain.keys()
+    worst = max(((compiled[n] - plain[n]).norm() / plain[n].norm()).item() for n in plain)
+    assert worst < 1e-2, f"largest relative gradient difference {worst:.2e}"
