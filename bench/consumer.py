@@ -185,6 +185,7 @@ def longest(args: argparse.Namespace) -> None:
             result = run_ours(ns, work)
             result.update(row=args.row, length=length, memory_gib=args.memory_gib)
             emit(result, out)
+            keep_failure(result, work, out)
             rows.append(result)
             if not result["ok"]:
                 break
@@ -221,6 +222,13 @@ def emit(record: dict[str, Any], out: Path) -> None:
         f.write(line + "\n")
 
 
+def keep_failure(result: dict[str, Any], work: Path, out: Path) -> None:
+    """A run that failed: the last 300 lines of its output next to the results (the traceback says why)."""
+    if not result.get("ok") and (work / "output.log").exists():
+        lines = (work / "output.log").read_text(errors="replace").splitlines()[-300:]
+        (out / f"{work.name}.failed.log").write_text("\n".join(lines) + "\n")
+
+
 def pair(args: argparse.Namespace) -> None:
     """One row: ours, then the baseline, each in its own capped process; then the ratio."""
     out = Path(args.out)
@@ -242,6 +250,7 @@ def pair(args: argparse.Namespace) -> None:
             result = run_ours(run_args, work) if recipe == "ours" else run_baseline(run_args, work)
             result.update(row=args.row, method=args.method, memory_gib=args.memory_gib, max_seq_len=args.max_seq_len)
             emit(result, out)
+            keep_failure(result, work, out)
             results.setdefault(recipe, []).append(result)
 
     def best(recipe: str) -> dict[str, Any]:  # of the runs that finished

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call: install carried wheels, record the environment, then run the named phases.
 # Run (on the GPU machine, from the repo root): bash bench/gpu_call.sh PHASE... ; results land in $OUT.
+# HF_TOKENS=4096: the baseline at its best setting of every earlier call only (bench/RESULTS.md), to save time.
 set -u
 OUT=${OUT:-/tmp/bench-out}
 mkdir -p "$OUT"
@@ -30,7 +31,10 @@ for phase in "$@"; do
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
       python3 -c "import torch, transformers, peft, accelerate, triton; print(torch.__version__, torch.version.cuda, transformers.__version__, peft.__version__, accelerate.__version__, triton.__version__)"
       python3 -c "import inspect; from torch.nn.attention.varlen import varlen_attn; print(inspect.signature(varlen_attn))" ;;
-    gputests) run 420 gputests python3 -m pytest -q -m gpu tests/train -p no:cacheprovider -p no:provisioning -p no:hosts.plugin -rs ;;
+    # the GPU tests, and the compiled-checkpoint tests with this machine's torch (inductor on its CPU)
+    # the compiled layers' gradient tests alone (about 30 s)
+    gpucompiled) run 200 gpucompiled python3 -m pytest -q tests/train/test_gpu.py -k compiled -p no:cacheprovider -p no:provisioning -p no:hosts.plugin -rs --tb=short; grep -E "passed|failed|^E " $OUT/gpucompiled.log | cut -c1-300 ;;
+    gputests) run 420 gputests python3 -m pytest -q tests/train/test_gpu.py tests/train/test_compiled_checkpointing.py -p no:cacheprovider -p no:provisioning -p no:hosts.plugin -rs -x --tb=short; tail -40 $OUT/gputests.log | cut -c1-300 ;;
     cmp1b) run 240 cmp1b $B --models 1b ;;
     cmp) run 540 cmp $B --models 1b,8b ;;
     cmp8b) run 300 cmp8b $B --models 8b ;;
@@ -48,9 +52,9 @@ for phase in "$@"; do
     c-build24b) rm -rf /tmp/m8b; [ -f /tmp/m24b/config.json ] || run 260 c-build24b $C build --shape 24b --dir /tmp/m24b
       run 60 c-data24b $C data --model /tmp/m24b --out /tmp/chat.jsonl --count 1200 --max-len 2048; df -h /tmp | tail -1 ;;
     # the baseline at each --hf-tokens budget; the ratio is against its best
-    c-8b-qlora-24) run 330 c-8b-qlora-24 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-24 --hf-tokens 4096,2048:plain ;;
-    c-8b-lora-24) run 330 c-8b-lora-24 $C pair $CP --model /tmp/m8b --method lora --memory-gib 24 --row 8b-lora-24 --hf-tokens 4096,1024:plain ;;
-    c-8b-qlora-16) run 330 c-8b-qlora-16 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 16 --row 8b-qlora-16 --hf-tokens 4096,1024:plain ;;
+    c-8b-qlora-24) run 330 c-8b-qlora-24 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-24 --hf-tokens ${HF_TOKENS:-4096,2048:plain} ;;
+    c-8b-lora-24) run 330 c-8b-lora-24 $C pair $CP --model /tmp/m8b --method lora --memory-gib 24 --row 8b-lora-24 --hf-tokens ${HF_TOKENS:-4096,1024:plain} ;;
+    c-8b-qlora-16) run 330 c-8b-qlora-16 $C pair $CP --model /tmp/m8b --method qlora --memory-gib 16 --row 8b-qlora-16 --hf-tokens ${HF_TOKENS:-4096,1024:plain} ;;
     # ours only, QLoRA with compiled layers instead of Liger (auto picks Liger for QLoRA)
     c-8b-qlora-compile) run 200 c-8b-qlora-compile $C pair $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-24-compiled --recipes ours --ours-set '{"compile": true, "liger": false}' ;;
     c-24b-qlora-24-compiled) run 330 c-24b-qlora-24-compiled $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 4096,8192 --timeout 150 --warmup 1 --steps 4 --ours-set '{"compile": true, "liger": false}' ;;
@@ -59,7 +63,13 @@ for phase in "$@"; do
     # past what offloading alone holds (about 100k tokens on 24 GiB): the MLP in sequence chunks
     c-8b-long-chunks) run 420 c-8b-long-chunks $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 131072 --recipes ours --timeout 400 ;;
     c-8b-long32) run 200 c-8b-long32 $C longest $CP --model /tmp/m8b --method qlora --memory-gib 24 --row 8b-qlora-long-24 --lengths 32768 --recipes ours --timeout 160 ;;
-    c-24b-qlora-24) run 420 c-24b-qlora-24 $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens 4096,8192 --timeout 200 --warmup 1 --steps 4 ;;
+    c-24b-qlora-24) run 420 c-24b-qlora-24 $C pair $CP --model /tmp/m24b --method qlora --memory-gib 24 --row 24b-qlora-24 --hf-tokens ${HF_TOKENS:-4096,8192} --timeout 200 --warmup 1 --steps 4 ;;
+    # the products-only ceiling of a checkpointed 24B step at the trainer's 3 x 2048 tokens, against the baseline's
+    # best 24B figure of this call (bench/roofline.py)
+    c-roof) run 90 c-roof8b python3 bench/roofline.py --shape 8b --tokens 16384 --out $OUT; run 90 c-roof24b python3 bench/roofline.py --shape 24b --tokens 6144 --out $OUT
+      cut -c1-900 $OUT/c-roof8b.log $OUT/c-roof24b.log ;;
+    c-roof24b) base=$(python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(max([x['tokens_per_s'] for x in r if x.get('recipe')=='hf' and x.get('row')=='24b-qlora-24' and x.get('ok')] or [0]))" $OUT/consumer.jsonl 2>/dev/null || echo 0)
+      run 90 c-roof24b python3 bench/roofline.py --shape 24b --tokens 6144 --out $OUT --baseline "$base"; cat $OUT/c-roof24b.log | cut -c1-900 ;;
     # one profiled step of ours, 8B QLoRA under the 24 GiB cap (bench/profile_step.py)
     c-profile8b) mkdir -p /tmp/prof && python3 -c "import json; json.dump({'model': '/tmp/m8b', 'dataset': '/tmp/chat.jsonl', 'output_dir': '/tmp/prof/out', 'metrics_path': '/tmp/prof/metrics.jsonl', 'format': 'chat', 'method': 'qlora', 'lora': {'rank': 16, 'alpha': 32, 'dropout': 0.05, 'target_modules': 'all-linear'}, 'train': {'max_steps': 5, 'max_seq_len': 2048, 'save_steps': 10000}, 'resume': False}, open('/tmp/prof/config.json', 'w'))"
       run 200 c-profile8b env PYTHONPATH=$PWD/bench/capped:$PYTHONPATH BENCH_MEMORY_GIB=24 BENCH_PEAK_FILE=/tmp/prof/peak.jsonl \
