@@ -9,6 +9,7 @@ memory_used_mib and utilization_pct by seconds since the first telemetry sample.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -158,13 +159,15 @@ def write_events(host_dir: Path, host: str) -> Path | None:
     folder.mkdir(exist_ok=True)
     start = scalars[0][0]
     path = folder / f"{PREFIX}{int(start)}.{host}"
-    tmp = folder / f".{path.name}.tmp"
+    # Two commands may convert the same run at once (`runner stop` while `runner train` fetches): each writes its
+    # own temporary file, and an earlier file the other already removed is no error (CI: FileNotFoundError)
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     with tmp.open("wb") as out:
         out.write(record(event(start, file_version=FILE_VERSION)))
         for wall, step, values in scalars:
             out.write(record(event(wall, step, values)))
     for old in folder.glob(f"{PREFIX}*"):  # one file per run: TensorBoard would read a second as more data
         if old != path:
-            old.unlink()
+            old.unlink(missing_ok=True)
     tmp.replace(path)
     return path

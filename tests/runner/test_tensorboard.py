@@ -122,6 +122,28 @@ def test_the_summary_writes_one_events_file_that_a_second_fetch_replaces(host_di
     assert scalars(board(host_dir / "tensorboard"), "train/loss")[-1] == (6, 1.25, 2e9)
 
 
+def test_a_conversion_whose_earlier_file_another_command_removed_first_still_writes(host_dir, tmp_path, monkeypatch):
+    """`runner stop` and the `runner train` it stops both fetch and convert the run: the earlier events file one
+    of them lists may be gone (replaced by the other) before it removes it (a CI run: FileNotFoundError)."""
+    host_dir = Path(shutil.copytree(host_dir, tmp_path / "localhost"))
+    first = write_events(host_dir, "localhost")
+    listed = Path.glob
+
+    def raced(folder, pattern):
+        found = list(listed(folder, pattern))
+        for path in found:  # the other command's conversion replaced them meanwhile
+            path.unlink()
+        return found
+
+    with (host_dir / "metrics.jsonl").open("a") as out:  # a later fetch: the run started earlier than it showed
+        out.write(json.dumps({"step": 0, "loss": 7.0, "lr": 1e-4, "tokens_per_s": 10.0, "time": 1.0}) + "\n")
+    monkeypatch.setattr(Path, "glob", raced)
+    second = write_events(host_dir, "localhost")
+    monkeypatch.undo()
+    assert second != first and [p.name for p in (host_dir / "tensorboard").iterdir()] == [second.name]
+    assert scalars(board(host_dir / "tensorboard"), "train/loss")[0][:2] == (0, 7.0)
+
+
 def test_nothing_to_show_writes_nothing(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"event": "start", "start_step": 0, "time": 1.0}) + "\n")
     assert write_events(tmp_path, "h1") is None and not (tmp_path / "tensorboard").exists()
