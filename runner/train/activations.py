@@ -5,9 +5,8 @@
 - Compiled layers: the checkpoint wraps the compiled call, whichever transformers runs. Inside it (torch.compile
   tracing the checkpoint) backward would recompute only what it needs, not down_proj (about a tenth of an 8B or
   24B step's products; two products a layer fewer, counted on the CPU), but on an H200 with torch 2.11 that failed
-  to compile for 8B layers ("Node add_511 was invalid, but is output") and a tiny QLoRA model's LoRA gradients
-  failed an elementwise comparison with the eager ones (rtol 1e-3; the size not recorded): not used until it is
-  shown exact on a GPU.
+  to compile for 8B layers ("Node add_511 was invalid, but is output"): not used until a GPU shows it compiles
+  and gives the same gradients.
 - Chunked MLP: each layer's MLP runs over the sequence in chunks of MLP_CHUNK_TOKENS tokens, each chunk
   checkpointed on its own, so a layer's backward holds one chunk's MLP activations (the 14,336-wide
   intermediate of an 8B model is most of a layer's activations: about 0.18 of its 0.3 MiB a token) instead of
@@ -50,25 +49,24 @@ def apply_checkpointing(
         return
     for index, layer in enumerate(layers):
         on = index < checkpointed_layers
-        layer.gradient_checkpointing = on
+        compiled = getattr(layer, COMPILED, None)
+        layer.gradient_checkpointing = on and compiled is None  # a compiled layer's checkpoint is routed below
         func = getattr(layer, "_gradient_checkpointing_func", None)
         if func is not None:
             plain = getattr(func, "plain", func)
             layer._gradient_checkpointing_func = _offloaded(plain) if offload else plain
-        if getattr(layer, COMPILED, None) is not None:
-            _route_compiled(layer, on)
+        if compiled is not None:
+            _route_compiled(layer, compiled, on)
 
 
-def _route_compiled(layer: nn.Module, checkpointed: bool) -> None:
+def _route_compiled(layer: nn.Module, compiled: Callable[..., Any], checkpointed: bool) -> None:
     """Which call a compiled layer runs (nn.Module calls `_compiled_call_impl` in place of its own): the layer as
     compiled, or that under the layer's checkpoint function (offloaded or not). Transformers' own checkpoint stays
     off: 5.17 wraps the layer's __call__ (around the compiled call), 5.2x its forward (inside it, which torch 2.11
     failed to compile for an 8B layer; see the module's note)."""
-    compiled = getattr(layer, COMPILED)
     if not checkpointed:
         layer._compiled_call_impl = compiled
         return
-    layer.gradient_checkpointing = False
     checkpoint_fn = layer._gradient_checkpointing_func
 
     def checkpointed_call(*args: Any, **kwargs: Any) -> Any:

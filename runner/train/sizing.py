@@ -84,11 +84,12 @@ class Model:
         """Up to the largest step measured, between the measured steps (a small step's launch-bound time is its
         own, not the big steps' line: through them one row without checkpointing was predicted at 11.6k tokens/s
         and trained at 9.9k, against 10.7k for eight rows checkpointed); past it, the line of the two largest."""
-        step = self.time_fixed + self.time_per_token * tokens
         if len(self.times) > 1 and tokens <= self.times[-1][0]:
             at = next(i for i, (t, _) in enumerate(self.times) if t >= tokens)
             (t0, s0), (t1, s1) = self.times[max(at - 1, 0)], self.times[at]
-            step = s1 if t1 == t0 or tokens <= t0 else s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
+            step = s1 if tokens <= t0 else s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
+        else:
+            step = self.time_fixed + self.time_per_token * tokens
         return step * (1 - self.recompute_share * kept / self.layers)
 
 
